@@ -1,0 +1,147 @@
+"""What to run: DispatchSpec, validated when it is made, so bad input fails before anything starts."""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ralph_systemd.naming import unit_name_for_ticket, validate_session, validate_ticket
+
+DEFAULT_SLICE = "ralph.slice"
+MAX_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # ten years: beyond that a "timeout" is a typo
+
+
+def default_log_dir() -> Path:
+    """$XDG_STATE_HOME/ralph-systemd/logs (~/.local/state/ralph-systemd/logs)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "ralph-systemd" / "logs"
+
+
+def _seconds(name: str, value: float | None, *, allow_none: bool, allow_zero: bool = False) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} is required: give a number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    v = float(value)
+    if math.isnan(v):
+        raise ValueError(f"{name} is NaN: give a number of seconds")
+    if math.isinf(v):
+        hint = "leave it out (None) for no limit" if allow_none else "give a finite number of seconds"
+        raise ValueError(f"{name} is infinite: {hint}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+    if v > MAX_TIMEOUT_S:
+        raise ValueError(f"{name} of {value!r} s is over ten years: give seconds, not milliseconds?")
+    return v
+
+
+def _no_nul(what: str, text: str) -> None:
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL character, which cannot be passed to a program: {text!r}")
+
+
+@dataclass(frozen=True)
+class DispatchSpec:
+    """One session to run in its own transient scope.
+
+    argv        the program and its arguments; never run through a shell.
+    ticket      the ticket id; names the unit `ralph-<escaped ticket>.scope` (one live dispatch per ticket).
+    cwd         working directory (the ticket's worktree).
+    env         the full environment of the session; None inherits this process's environment.
+    session     session id; generated when None.
+    timeout     wall-clock limit in seconds, enforced by systemd (RuntimeMaxSec) even if we die; None = none.
+    idle_timeout  stop after this many seconds with nothing written to the session's log; None = off.
+    grace       seconds from the start of a stop until systemd SIGKILLs the whole cgroup (TimeoutStopSec).
+    eof_grace   seconds between closing the session's stdin (EOF) and SIGTERM to it; must be < grace.
+    log_dir     where the per-session log goes (0700 directory, 0600 file).
+    memory_max, tasks_max, cpu_quota  optional limits (bytes, tasks, percent of one CPU).
+    slice       parent slice of the scope.
+    """
+
+    argv: Sequence[str]
+    ticket: str
+    cwd: str | os.PathLike[str] = "."
+    env: Mapping[str, str] | None = None
+    session: str | None = None
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    grace: float = 10.0
+    eof_grace: float = 2.0
+    log_dir: str | os.PathLike[str] | None = None
+    memory_max: int | None = None
+    tasks_max: int | None = None
+    cpu_quota: float | None = None
+    slice: str = DEFAULT_SLICE
+    unit: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.argv, (str, bytes)) or not isinstance(self.argv, Sequence):
+            raise ValueError(f"argv must be a list of strings, not {type(self.argv).__name__} (no shell is used)")
+        if not self.argv or not self.argv[0]:
+            raise ValueError("argv is empty: give the program to run, e.g. ['pi', '-p', '/tf T1 --auto']")
+        for i, arg in enumerate(self.argv):
+            if not isinstance(arg, str):
+                raise ValueError(f"argv[{i}] must be a string, not {type(arg).__name__} {arg!r}")
+            _no_nul(f"argv[{i}]", arg)
+        object.__setattr__(self, "argv", tuple(self.argv))
+        validate_ticket(self.ticket)
+        object.__setattr__(self, "unit", unit_name_for_ticket(self.ticket))
+        object.__setattr__(self, "session", validate_session(self.session) if self.session is not None
+                           else uuid.uuid4().hex[:16])
+        cwd = os.fspath(self.cwd)
+        _no_nul("cwd", cwd)
+        object.__setattr__(self, "cwd", os.path.abspath(cwd))
+        if self.env is not None:
+            env = dict(self.env)
+            for k, v in env.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise ValueError(f"env entries must be str=str, got {k!r}={v!r}")
+                if not k or "=" in k:
+                    raise ValueError(f"env name {k!r} is invalid: it must be non-empty and contain no '='")
+                _no_nul(f"env name {k!r}", k)
+                _no_nul(f"env[{k!r}]", v)
+            object.__setattr__(self, "env", env)
+        _seconds("timeout", self.timeout, allow_none=True)
+        _seconds("idle_timeout", self.idle_timeout, allow_none=True)
+        grace = _seconds("grace", self.grace, allow_none=False)
+        eof_grace = _seconds("eof_grace", self.eof_grace, allow_none=False, allow_zero=True)
+        assert grace is not None and eof_grace is not None
+        if eof_grace >= grace:
+            raise ValueError(f"eof_grace ({eof_grace} s) must be shorter than grace ({grace} s): after EOF the "
+                             "session still needs time for SIGTERM before systemd's SIGKILL")
+        for name in ("memory_max", "tasks_max"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.cpu_quota is not None:
+            q = _seconds("cpu_quota", self.cpu_quota, allow_none=False)
+            assert q is not None
+        if not (self.slice.endswith(".slice") and unit_name_is_plain(self.slice)):
+            raise ValueError(f"slice {self.slice!r} is not a slice unit name like 'ralph.slice'")
+        if self.log_dir is not None:
+            _no_nul("log_dir", os.fspath(self.log_dir))
+
+    @property
+    def log_directory(self) -> Path:
+        return Path(os.path.abspath(os.fspath(self.log_dir))) if self.log_dir is not None else default_log_dir()
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ) if self.env is None else dict(self.env)
+
+    def describe(self) -> str:
+        """The unit Description: what an operator sees in `systemctl --user status`."""
+        cmd = " ".join(self.argv)
+        if len(cmd) > 160:
+            cmd = cmd[:157] + "..."
+        return f"ralph ticket={self.ticket} session={self.session}: {cmd}"
+
+
+def unit_name_is_plain(name: str) -> bool:
+    return bool(name) and len(name) <= 255 and all(c.isascii() and (c.isalnum() or c in ":_.-\\@") for c in name)
