@@ -59,6 +59,7 @@ class DispatchSpec:
     idle_timeout  stop after this many seconds with nothing written to the session's log; None = off.
     grace       seconds from the start of a stop until systemd SIGKILLs the whole cgroup (TimeoutStopSec).
     eof_grace   seconds between closing the session's stdin (EOF) and SIGTERM to it; must be < grace.
+                None: a quarter of grace, at most 2 s.
     log_dir     where the per-session log goes (0700 directory, 0600 file).
     memory_max, tasks_max, cpu_quota  optional limits (bytes, tasks, percent of one CPU).
     slice       parent slice of the scope.
@@ -72,7 +73,7 @@ class DispatchSpec:
     timeout: float | None = None
     idle_timeout: float | None = None
     grace: float = 10.0
-    eof_grace: float = 2.0
+    eof_grace: float | None = None
     log_dir: str | os.PathLike[str] | None = None
     memory_max: int | None = None
     tasks_max: int | None = None
@@ -110,8 +111,11 @@ class DispatchSpec:
         _seconds("timeout", self.timeout, allow_none=True)
         _seconds("idle_timeout", self.idle_timeout, allow_none=True)
         grace = _seconds("grace", self.grace, allow_none=False)
+        assert grace is not None
+        if self.eof_grace is None:
+            object.__setattr__(self, "eof_grace", min(2.0, grace / 4))
         eof_grace = _seconds("eof_grace", self.eof_grace, allow_none=False, allow_zero=True)
-        assert grace is not None and eof_grace is not None
+        assert eof_grace is not None
         if eof_grace >= grace:
             raise ValueError(f"eof_grace ({eof_grace} s) must be shorter than grace ({grace} s): after EOF the "
                              "session still needs time for SIGTERM before systemd's SIGKILL")

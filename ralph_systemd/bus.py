@@ -1,0 +1,406 @@
+"""The one module that talks to D-Bus: the user's systemd manager, through pystemd, on the USER bus only.
+
+Everything else sees `SystemdBus`, a small typed interface, and our own errors (retry.BusError and
+subclasses below). Every call goes through the tenacity policy in `retry`; on a dropped connection the
+bus reconnects, re-subscribes and re-takes its unit refs before the retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ralph_systemd.retry import (
+    DEFAULT_RETRY_BUDGET_S,
+    TRANSIENT_DBUS_ERRORS,
+    BusError,
+    TransientBusError,
+    call_with_retry,
+)
+
+log = logging.getLogger("ralph_systemd.bus")
+
+SYSTEMD = b"org.freedesktop.systemd1"
+MANAGER_PATH = b"/org/freedesktop/systemd1"
+MANAGER_IFACE = b"org.freedesktop.systemd1.Manager"
+UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
+SCOPE_IFACE = b"org.freedesktop.systemd1.Scope"
+PROPS_IFACE = b"org.freedesktop.DBus.Properties"
+UNIT_PATH_PREFIX = b"/org/freedesktop/systemd1/unit"
+
+
+class NoUserBusError(BusError):
+    """There is no user bus or no systemd user manager on it."""
+
+
+class UnitExistsError(BusError):
+    """A unit of that name is already loaded (a live dispatch for the same ticket)."""
+
+
+class NoSuchUnitError(BusError):
+    """No unit of that name is loaded."""
+
+
+EventKind = Literal["job-removed", "unit-changed", "request-stop", "unit-removed"]
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """A signal from the manager, reduced to what the supervisor routes on."""
+
+    kind: EventKind
+    path: str  # the unit's object path (for job-removed: the job's path)
+    unit: str | None = None  # unit name, where the signal carries it
+    result: str | None = None  # job result for job-removed ("done", "failed", "canceled", ...)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """One consistent snapshot of a unit (GetAll on Unit and Scope)."""
+
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str
+    invocation_id: str
+    description: str
+    documentation: tuple[str, ...]
+    active_enter_monotonic_us: int
+    inactive_enter_monotonic_us: int
+    runtime_max_us: int
+    timeout_stop_us: int
+    control_group: str
+    memory_current: int | None
+    cpu_usage_ns: int | None
+    controller: str
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state != "not-found"
+
+    @property
+    def ended(self) -> bool:
+        return self.active_state in ("inactive", "failed")
+
+
+Property = tuple[str, str, Any]  # (name, D-Bus signature, value)
+
+
+class SystemdBus(Protocol):
+    """What the rest of ralph-systemd needs from the user manager."""
+
+    @property
+    def unique_name(self) -> str: ...
+
+    def fileno(self) -> int: ...
+
+    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str: ...
+
+    def unit_state(self, name: str) -> UnitState: ...
+
+    def unit_processes(self, name: str) -> list[int]: ...
+
+    def stop_unit(self, name: str) -> None: ...
+
+    def kill_unit(self, name: str, who: Literal["main", "all"], signum: int) -> None: ...
+
+    def ref_unit(self, name: str) -> None: ...
+
+    def unref_unit(self, name: str) -> None: ...
+
+    def reset_failed(self, name: str) -> None: ...
+
+    def list_units(self, patterns: Sequence[str]) -> list[str]: ...
+
+    def drain(self) -> list[BusEvent]: ...
+
+    def close(self) -> None: ...
+
+
+def unit_path(name: str) -> str:
+    """The manager's object path for a unit name (same encoding as sd_bus_path_encode)."""
+    out = []
+    for i, byte in enumerate(name.encode()):
+        if chr(byte).isascii() and (chr(byte).isalpha() or (chr(byte).isdigit() and i > 0)):
+            out.append(chr(byte))
+        else:
+            out.append(f"_{byte:02x}")
+    return UNIT_PATH_PREFIX.decode() + "/" + "".join(out)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    # systemd reports "not available" as UINT64_MAX
+    return None if value is None or value == 2**64 - 1 else int(value)
+
+
+def _map_error(exc: Exception, what: str) -> BusError:
+    """pystemd's exception -> ours, keeping the D-Bus error name and message."""
+    name = getattr(exc, "err_name", None) or ""
+    name = _s(name) if name else ""
+    cls_name = type(exc).__name__
+    if not name and cls_name.startswith("DBus") and cls_name.endswith("Error"):
+        # pystemd maps known names to classes and drops the name: rebuild it from the class.
+        stem = cls_name[4:-5]
+        name = {"NoSuchUnit": "org.freedesktop.systemd1.NoSuchUnit"}.get(stem, f"org.freedesktop.DBus.Error.{stem}")
+    message = _s(getattr(exc, "err_message", "") or "") or str(exc)
+    text = f"{what}: {message} ({name or cls_name})"
+    errno_ = getattr(exc, "errno", None)
+    if name in TRANSIENT_DBUS_ERRORS or (not name and isinstance(errno_, int) and
+                                         -errno_ in (104, 107, 110, 32, 103)):  # ECONNRESET ENOTCONN ETIMEDOUT EPIPE
+        return TransientBusError(text, name or None, disconnected=name.endswith(".Disconnected") or not name)
+    if name == "org.freedesktop.systemd1.UnitExists":
+        return UnitExistsError(text, name)
+    if name == "org.freedesktop.systemd1.NoSuchUnit":
+        return NoSuchUnitError(text, name)
+    return BusError(text, name or None)
+
+
+def describe_bus_environment() -> str:
+    return (f"XDG_RUNTIME_DIR={os.environ.get('XDG_RUNTIME_DIR')!r}, "
+            f"DBUS_SESSION_BUS_ADDRESS={os.environ.get('DBUS_SESSION_BUS_ADDRESS')!r}")
+
+
+NO_USER_BUS_HINT = (
+    "ralph-systemd needs your systemd user manager and its user bus. On a host with systemd run "
+    "`loginctl enable-linger $USER` (so user@UID.service runs without a login session), make sure the "
+    "`dbus-user-session` package is installed, and run with XDG_RUNTIME_DIR=/run/user/$(id -u) "
+    "(DBUS_SESSION_BUS_ADDRESS then defaults to unix:path=$XDG_RUNTIME_DIR/bus)"
+)
+
+
+class PystemdUserBus:
+    """SystemdBus over one pystemd connection to the user bus. Not thread-safe: one owner thread."""
+
+    def __init__(self, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> None:
+        self._retry_budget_s = retry_budget_s
+        self._events: list[BusEvent] = []
+        self._refs: set[str] = set()
+        self._bus: Any = None
+        self._connect()
+
+    # -- connection -------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        from pystemd.dbuslib import DBus  # the only import of pystemd's bus in the package
+
+        bus = DBus(user_mode=True)  # the user bus, never the system bus
+        try:
+            bus.open()
+        except Exception as e:
+            raise NoUserBusError(f"cannot connect to the user bus ({e}; {describe_bus_environment()}). "
+                                 f"{NO_USER_BUS_HINT}") from None
+        self._bus = bus
+        try:
+            self._raw_call(MANAGER_IFACE, MANAGER_PATH, b"Subscribe", b"", [])
+        except BusError as e:
+            self._close_quietly()
+            if e.dbus_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                               "org.freedesktop.DBus.Error.NameHasNoOwner"):
+                raise NoUserBusError(f"the user bus has no systemd user manager on it ({e}; "
+                                     f"{describe_bus_environment()}). {NO_USER_BUS_HINT}") from None
+            raise
+        # All signals we route on; the daemon filters, our callback just queues them.
+        # pystemd stores attributes on the callback and keeps only a borrowed pointer to it: it must be a
+        # plain function, and we must keep it alive as long as the connection.
+        def on_signal(msg: Any, error: Any = None, userdata: Any = None) -> None:
+            self._on_signal(msg)
+
+        self._callback = on_signal
+        for iface, member in ((MANAGER_IFACE, b"JobRemoved"), (MANAGER_IFACE, b"UnitRemoved"),
+                              (PROPS_IFACE, b"PropertiesChanged"), (SCOPE_IFACE, b"RequestStop")):
+            bus.match_signal(SYSTEMD if member != b"RequestStop" else None, None, iface, member, on_signal)
+        self._unique_name = _s(bus.get_unique_name())
+        for name in list(self._refs):
+            try:
+                self._raw_call(UNIT_IFACE, unit_path(name).encode(), b"Ref", b"", [])
+            except BusError as e:
+                log.warning("could not re-take the ref on %s after reconnecting: %s", name, e)
+
+    def _close_quietly(self) -> None:
+        if self._bus is not None:
+            try:
+                self._bus.close()
+            except Exception:
+                pass
+            self._bus = None
+
+    def _reconnect(self, exc: BaseException) -> None:
+        if isinstance(exc, TransientBusError) and exc.disconnected:
+            log.warning("user bus connection lost (%s); reconnecting", exc)
+            self._close_quietly()
+            try:
+                self._connect()
+            except BusError as e:  # still down: the next attempt retries
+                log.warning("reconnect failed: %s", e)
+
+    def close(self) -> None:
+        self._close_quietly()
+
+    @property
+    def unique_name(self) -> str:
+        return self._unique_name
+
+    def fileno(self) -> int:
+        if self._bus is None:
+            raise TransientBusError("not connected to the user bus", disconnected=True)
+        return int(self._bus.get_fd())
+
+    # -- calls --------------------------------------------------------------------------------------------
+
+    def _raw_call(self, iface: bytes, path: bytes, method: bytes, signature: bytes, args: list[Any]) -> Any:
+        from pystemd.dbuslib import apply_signature
+
+        if self._bus is None:
+            raise TransientBusError("not connected to the user bus", disconnected=True)
+        try:
+            compiled = apply_signature(signature, args) if signature else []
+            return self._bus.call_method(SYSTEMD, path, iface, method, compiled).body
+        except BusError:
+            raise
+        except Exception as e:
+            raise _map_error(e, f"{iface.decode().rsplit('.', 1)[-1]}.{method.decode()}") from None
+
+    def _call(self, iface: bytes, path: bytes, method: bytes, signature: bytes, args: list[Any]) -> Any:
+        return call_with_retry(lambda: self._raw_call(iface, path, method, signature, args),
+                               self._retry_budget_s, self._reconnect)
+
+    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
+        from pystemd.dbuslib import apply_signature
+
+        def call() -> Any:
+            if self._bus is None:
+                raise TransientBusError("not connected to the user bus", disconnected=True)
+            args = apply_signature(b"ss", [name.encode(), b"fail"])
+            args += [(ord("a"), b"(sv)")]
+            for prop, sig, value in properties:
+                args += [(ord("r"), b"sv"), (ord("s"), prop.encode()), (ord("v"), sig.encode())]
+                args += apply_signature(sig.encode(), [value])
+                args += [(-1, None), (-1, None)]
+            args += [(-1, None), (ord("a"), b"(sa(sv))"), (-1, None)]
+            try:
+                return self._bus.call_method(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, b"StartTransientUnit", args).body
+            except Exception as e:
+                raise _map_error(e, f"StartTransientUnit({name})") from None
+
+        job = call_with_retry(call, self._retry_budget_s, self._reconnect)
+        self._refs.add(name)  # AddRef=true is among the properties: we hold a ref from now on
+        return _s(job)
+
+    def unit_state(self, name: str) -> UnitState:
+        path = unit_path(name).encode()
+        u = self._call(PROPS_IFACE, path, b"GetAll", b"s", [UNIT_IFACE])
+        if _s(u.get(b"LoadState", b"")) == "not-found" or not name.endswith(".scope"):
+            sc: dict[bytes, Any] = {}
+        else:
+            sc = self._call(PROPS_IFACE, path, b"GetAll", b"s", [SCOPE_IFACE])
+        inv = u.get(b"InvocationID", b"")
+        return UnitState(
+            name=name,
+            load_state=_s(u.get(b"LoadState", b"not-found")),
+            active_state=_s(u.get(b"ActiveState", b"inactive")),
+            sub_state=_s(u.get(b"SubState", b"dead")),
+            result=_s(sc.get(b"Result", b"success")),
+            invocation_id=inv.hex() if isinstance(inv, (bytes, bytearray)) else "".join(f"{b:02x}" for b in inv),
+            description=_s(u.get(b"Description", b"")),
+            documentation=tuple(_s(d) for d in u.get(b"Documentation", []) or []),
+            active_enter_monotonic_us=int(u.get(b"ActiveEnterTimestampMonotonic", 0)),
+            inactive_enter_monotonic_us=int(u.get(b"InactiveEnterTimestampMonotonic", 0)),
+            runtime_max_us=int(sc.get(b"RuntimeMaxUSec", 2**64 - 1)),
+            timeout_stop_us=int(sc.get(b"TimeoutStopUSec", 0)),
+            control_group=_s(sc.get(b"ControlGroup", b"")),
+            memory_current=_opt_int(sc.get(b"MemoryCurrent")),
+            cpu_usage_ns=_opt_int(sc.get(b"CPUUsageNSec")),
+            controller=_s(sc.get(b"Controller", b"")),
+        )
+
+    def unit_processes(self, name: str) -> list[int]:
+        try:
+            procs = self._call(SCOPE_IFACE, unit_path(name).encode(), b"GetProcesses", b"", [])
+        except NoSuchUnitError:
+            return []
+        except BusError as e:
+            if e.dbus_name == "org.freedesktop.DBus.Error.UnknownObject":
+                return []
+            raise
+        return [int(p[1]) for p in procs or []]
+
+    def stop_unit(self, name: str) -> None:
+        self._call(MANAGER_IFACE, MANAGER_PATH, b"StopUnit", b"ss", [name.encode(), b"replace"])
+
+    def kill_unit(self, name: str, who: Literal["main", "all"], signum: int) -> None:
+        self._call(MANAGER_IFACE, MANAGER_PATH, b"KillUnit", b"ssi", [name.encode(), who.encode(), signum])
+
+    def ref_unit(self, name: str) -> None:
+        self._call(UNIT_IFACE, unit_path(name).encode(), b"Ref", b"", [])
+        self._refs.add(name)
+
+    def unref_unit(self, name: str) -> None:
+        self._refs.discard(name)
+        try:
+            self._call(UNIT_IFACE, unit_path(name).encode(), b"Unref", b"", [])
+        except BusError as e:  # already gone, or we held no ref: nothing to release
+            log.debug("Unref(%s): %s", name, e)
+
+    def reset_failed(self, name: str) -> None:
+        try:
+            self._call(MANAGER_IFACE, MANAGER_PATH, b"ResetFailedUnit", b"s", [name.encode()])
+        except NoSuchUnitError:
+            pass
+
+    def list_units(self, patterns: Sequence[str]) -> list[str]:
+        rows = self._call(MANAGER_IFACE, MANAGER_PATH, b"ListUnitsByPatterns", b"asas",
+                          [[], [p.encode() for p in patterns]])
+        return sorted(_s(r[0]) for r in rows or [])
+
+    # -- signals ------------------------------------------------------------------------------------------
+
+    def _on_signal(self, msg: Any) -> None:
+        # Runs inside bus.process(); pystemd swallows exceptions here, so never raise.
+        try:
+            msg.process_reply(True)
+            member = _s(msg.headers.get("Member") or b"")
+            path = _s(msg.headers.get("Path") or b"")
+            body = msg.body
+            if member == "JobRemoved":
+                self._events.append(BusEvent("job-removed", _s(body[1]), unit=_s(body[2]), result=_s(body[3])))
+            elif member == "PropertiesChanged":
+                if path.startswith(UNIT_PATH_PREFIX.decode() + "/"):
+                    self._events.append(BusEvent("unit-changed", path))
+            elif member == "RequestStop":
+                self._events.append(BusEvent("request-stop", path))
+            elif member == "UnitRemoved":
+                self._events.append(BusEvent("unit-removed", _s(body[1]), unit=_s(body[0])))
+        except Exception as e:  # pragma: no cover - defensive
+            log.error("could not decode a D-Bus signal: %s", e)
+
+    def drain(self) -> list[BusEvent]:
+        """Process everything the bus has queued; return the signals seen, in order.
+
+        pystemd's process() handles one message per call and does not say whether one was pending, so we
+        stop after a few calls in a row that produced nothing (each is a non-blocking read).
+        """
+        if self._bus is None:
+            raise TransientBusError("not connected to the user bus", disconnected=True)
+        idle = 0
+        for _ in range(100_000):
+            before = len(self._events)
+            try:
+                self._bus.process()
+            except Exception as e:
+                mapped = _map_error(e, "processing the user bus")
+                if isinstance(mapped, TransientBusError):
+                    self._reconnect(TransientBusError(str(mapped), disconnected=True))
+                raise mapped from None
+            idle = idle + 1 if len(self._events) == before else 0
+            if idle >= 3:
+                break
+        events, self._events = self._events, []
+        return events

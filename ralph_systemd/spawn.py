@@ -1,0 +1,162 @@
+"""Start a session's process so that it cannot run, or fork, before it is inside its scope.
+
+The child is forked, sets up its stdio and session, then blocks reading a "gate" pipe. Only after the
+scope's start job has completed does the parent write to the gate; the child then execs. An exec failure
+comes back on a close-on-exec error pipe (as subprocess does it), so "it did not start" is never
+mistaken for "it started". Aborting a launch kills and reaps the child and closes every FD.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from dataclasses import dataclass
+
+_MAXFD = os.sysconf("SC_OPEN_MAX")
+
+
+class ExecError(Exception):
+    """The child could not exec its program (the message says which step and why)."""
+
+
+def resolve_executable(program: str, env_path: str | None, cwd: str) -> str:
+    """Absolute path of the program the way execvp would find it, or ValueError saying what is wrong."""
+    def check(path: str) -> str | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"program {program!r} is a directory ({path}), not an executable")
+        if not os.access(path, os.X_OK):
+            raise ValueError(f"program {program!r} ({path}) is not executable: chmod +x it")
+        return path
+
+    if "/" in program:
+        path = program if os.path.isabs(program) else os.path.join(cwd, program)
+        found = check(path)
+        if found is None:
+            raise ValueError(f"program {program!r} does not exist ({path})")
+        return found
+    search = env_path if env_path is not None else os.defpath
+    for d in search.split(os.pathsep):
+        found = check(os.path.join(d or ".", program))
+        if found is not None:
+            return os.path.abspath(found)
+    raise ValueError(f"program {program!r} was not found in PATH={search}: install it or give its full path")
+
+
+@dataclass
+class GatedChild:
+    """A forked child waiting at its gate. The parent owns every FD here until close_all()."""
+
+    pid: int
+    pidfd: int
+    stdin_w: int | None  # the session's stdin; closing it is the EOF step of the kill ladder
+    gate_w: int | None
+    err_r: int | None
+
+    def release(self) -> None:
+        """Open the gate and wait for the exec; ExecError if it failed (the child has then exited)."""
+        assert self.gate_w is not None and self.err_r is not None
+        os.write(self.gate_w, b"1")
+        os.close(self.gate_w)
+        self.gate_w = None
+        chunks = []
+        while chunk := os.read(self.err_r, 4096):  # EOF = exec succeeded (the write end is close-on-exec)
+            chunks.append(chunk)
+        os.close(self.err_r)
+        self.err_r = None
+        if chunks:
+            raise ExecError(b"".join(chunks).decode(errors="replace"))
+
+    def abort(self) -> None:
+        """Kill and reap a child that must not run; close every FD. Safe to call in any state."""
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.close_all()
+
+    def close_stdin(self) -> None:
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+            self.stdin_w = None
+
+    def close_all(self) -> None:
+        for name in ("stdin_w", "gate_w", "err_r", "pidfd"):
+            fd = getattr(self, name)
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None if name != "pidfd" else -1)
+
+
+def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, str], log_fd: int) -> GatedChild:
+    """Fork a child that will exec `executable` with argv once released; stdout+stderr go to log_fd."""
+    fds: list[int] = []
+    try:
+        stdin_r, stdin_w = os.pipe(); fds += [stdin_r, stdin_w]  # noqa: E702
+        gate_r, gate_w = os.pipe(); fds += [gate_r, gate_w]  # noqa: E702
+        err_r, err_w = os.pipe(); fds += [err_r, err_w]  # noqa: E702
+        env_b = [f"{k}={v}".encode() for k, v in env.items()]
+        pid = os.fork()
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    if pid == 0:  # child: only async-signal-safe-ish os calls from here on, and never return
+        _child(executable, argv, cwd, env_b, stdin_r, log_fd, gate_r, err_w)
+    os.close(stdin_r)
+    os.close(gate_r)
+    os.close(err_w)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except BaseException:
+        child = GatedChild(pid, -1, stdin_w, gate_w, err_r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        child.close_all()
+        raise
+    return GatedChild(pid, pidfd, stdin_w, gate_w, err_r)
+
+
+def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
+           stdin_r: int, log_fd: int, gate_r: int, err_w: int) -> None:
+    stage = "setup"
+    try:
+        os.setsid()  # its own session: a Ctrl-C to our terminal reaches us, and we run the ladder
+        os.dup2(stdin_r, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        keep = sorted({gate_r, err_w})
+        low = 3
+        for fd in keep:
+            if fd > low:
+                os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, _MAXFD)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; a program expects defaults
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        stage = "gate"
+        if os.read(gate_r, 1) != b"1":  # the parent went away or aborted the launch
+            os._exit(126)
+        os.close(gate_r)
+        stage = "chdir"
+        os.chdir(cwd)
+        stage = "exec"
+        os.execve(executable, argv, dict(e.split(b"=", 1) for e in env_b))  # type: ignore[misc]
+    except BaseException as e:
+        try:
+            os.write(err_w, f"{stage} {argv[0]!r}: {e}".encode()[:1000])
+        finally:
+            os._exit(127)
+    os._exit(127)
