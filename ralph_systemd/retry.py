@@ -65,7 +65,7 @@ def retrying(budget_s: float = DEFAULT_RETRY_BUDGET_S,
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientBusError),
         stop=tenacity.stop_after_delay(budget_s),
-        wait=tenacity.wait_exponential_jitter(initial=0.01, max=1.0, jitter=0.01),
+        wait=tenacity.wait_exponential(multiplier=0.01, max=1.0) + tenacity.wait_random(0, 0.01),
         before_sleep=before_sleep,
         reraise=True,
     )
