@@ -116,6 +116,8 @@ class SystemdBus(Protocol):
 
     def list_units(self, patterns: Sequence[str]) -> list[str]: ...
 
+    def reload(self) -> None: ...
+
     def drain(self) -> list[BusEvent]: ...
 
     def close(self) -> None: ...
@@ -359,6 +361,10 @@ class PystemdUserBus:
         rows = self._call(MANAGER_IFACE, MANAGER_PATH, b"ListUnitsByPatterns", b"asas",
                           [[], [p.encode() for p in patterns]])
         return sorted(_s(r[0]) for r in rows or [])
+
+    def reload(self) -> None:
+        """Manager.Reload (`systemctl --user daemon-reload`): re-read unit files; returns once done."""
+        self._call(MANAGER_IFACE, MANAGER_PATH, b"Reload", b"", [])
 
     # -- signals ------------------------------------------------------------------------------------------
 
