@@ -153,7 +153,7 @@ def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
         stage = "chdir"
         os.chdir(cwd)
         stage = "exec"
-        os.execve(executable, argv, dict(e.split(b"=", 1) for e in env_b))  # type: ignore[misc]
+        os.execve(executable, argv, dict(e.split(b"=", 1) for e in env_b))
     except BaseException as e:
         try:
             os.write(err_w, f"{stage} {argv[0]!r}: {e}".encode()[:1000])

@@ -169,17 +169,18 @@ class Supervisor:
         self._check_thread()
         d = Dispatch(self, ticket=spec.ticket, session=spec.session, unit=spec.unit, log_path=None, spec=spec)
         env = spec.environment
+        cwd = os.fspath(spec.cwd)
         try:
-            if not os.path.isdir(spec.cwd):
-                raise ValueError(f"working directory {spec.cwd} does not exist (or is not a directory)")
-            exe = resolve_executable(spec.argv[0], env.get("PATH"), spec.cwd)
+            if not os.path.isdir(cwd):
+                raise ValueError(f"working directory {cwd} does not exist (or is not a directory)")
+            exe = resolve_executable(spec.argv[0], env.get("PATH"), cwd)
             assert spec.session is not None
             log_fd, log_path = open_session_log(spec.log_directory, spec.ticket, spec.session)
         except ValueError as e:
             return self._fail(d, str(e))
         d.log_path = str(log_path)
         try:
-            child = fork_gated(exe, tuple(spec.argv), spec.cwd, env, log_fd)
+            child = fork_gated(exe, tuple(spec.argv), cwd, env, log_fd)
         except OSError as e:
             return self._fail(d, f"could not start {spec.argv[0]!r}: {e}")
         finally:
