@@ -55,6 +55,8 @@ class BusEvent:
     path: str  # the unit's object path (for job-removed: the job's path)
     unit: str | None = None  # unit name, where the signal carries it
     result: str | None = None  # job result for job-removed ("done", "failed", "canceled", ...)
+    interface: str | None = None  # unit-changed: which interface's properties changed
+    changes: dict[str, Any] | None = None  # unit-changed: the new values (strings decoded, InvocationID as hex)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class SystemdBus(Protocol):
     def unit_state(self, name: str) -> UnitState: ...
 
     def unit_processes(self, name: str) -> list[int]: ...
+
+    def unit_result(self, name: str) -> str: ...
 
     def stop_unit(self, name: str) -> None: ...
 
@@ -323,6 +327,10 @@ class PystemdUserBus:
             controller=_s(sc.get(b"Controller", b"")),
         )
 
+    def unit_result(self, name: str) -> str:
+        """The scope's Result (success, timeout, oom-kill, ...): one small call, for the final verdict."""
+        return _s(self._call(PROPS_IFACE, unit_path(name).encode(), b"Get", b"ss", [SCOPE_IFACE, b"Result"]))
+
     def unit_processes(self, name: str) -> list[int]:
         try:
             procs = self._call(SCOPE_IFACE, unit_path(name).encode(), b"GetProcesses", b"", [])
@@ -379,7 +387,14 @@ class PystemdUserBus:
                 self._events.append(BusEvent("job-removed", _s(body[1]), unit=_s(body[2]), result=_s(body[3])))
             elif member == "PropertiesChanged":
                 if path.startswith(UNIT_PATH_PREFIX.decode() + "/"):
-                    self._events.append(BusEvent("unit-changed", path))
+                    changes = {}
+                    for key, value in (body[1] or {}).items():
+                        k = _s(key)
+                        if k == "InvocationID":
+                            changes[k] = bytes(value).hex()
+                        else:
+                            changes[k] = _s(value) if isinstance(value, bytes) else value
+                    self._events.append(BusEvent("unit-changed", path, interface=_s(body[0]), changes=changes))
             elif member == "RequestStop":
                 self._events.append(BusEvent("request-stop", path))
             elif member == "UnitRemoved":

@@ -63,6 +63,7 @@ class Dispatch:
         self.exit_signal: int | None = None
         self.main_exited = False
         self.main_exit_step: Termination | None = None
+        self.active_state: str | None = None  # as last reported by the manager's signals
         self.unit_final: UnitState | None = None
         self.stop_reason: Status | None = None
         self.step = Termination.NATURAL  # how far the ladder has gone
@@ -464,8 +465,31 @@ class Supervisor:
             if d.stop_reason is None:
                 d.stop_reason = self._why_stopped(d)
             self._ladder_start(d)
+        elif ev.kind == "unit-changed" and ev.changes is not None:
+            # The signal carries the new values: no round trip unless the unit has just ended.
+            if "InvocationID" in ev.changes and ev.changes["InvocationID"]:
+                d.invocation_id = ev.changes["InvocationID"]
+            state = ev.changes.get("ActiveState")
+            if isinstance(state, str):
+                d.active_state = state
+                if state in ("inactive", "failed") and d.main_exited:
+                    self._finish_ended(d)
         elif ev.kind in ("unit-changed", "unit-removed"):
             self._check_unit(d)
+
+    def _finish_ended(self, d: Dispatch) -> None:
+        """The scope has ended and our child is reaped: read its Result (one call) and finish."""
+        try:
+            result = self.bus.unit_result(d.unit)
+        except BusError:
+            self._check_unit(d)  # fall back to a full snapshot (and its retries)
+            return
+        d.unit_final = UnitState(
+            name=d.unit, load_state="loaded", active_state=d.active_state or "inactive", sub_state="dead",
+            result=result, invocation_id=d.invocation_id or "", description="", documentation=(),
+            active_enter_monotonic_us=0, inactive_enter_monotonic_us=0, runtime_max_us=0, timeout_stop_us=0,
+            control_group="", memory_current=None, cpu_usage_ns=None, controller="")
+        self._maybe_finish(d)
 
     def _why_stopped(self, d: Dispatch) -> Status:
         """A stop we did not ask for: the wall timeout if RuntimeMaxSec is due, else someone's stop."""
@@ -487,6 +511,7 @@ class Supervisor:
             return
         if d.invocation_id is None and st.invocation_id:
             d.invocation_id = st.invocation_id
+        d.active_state = st.active_state
         if st.ended or not st.exists:
             d.unit_final = st
             self._maybe_finish(d)
@@ -515,12 +540,10 @@ class Supervisor:
 
     def _after_main_exit(self, d: Dispatch) -> None:
         """Session exit is authoritative: whatever is left in its scope is counted and stopped."""
+        if d.active_state in ("inactive", "failed"):
+            self._finish_ended(d)
+            return
         try:
-            st = self.bus.unit_state(d.unit)
-            if st.ended or not st.exists:
-                d.unit_final = st
-                self._maybe_finish(d)
-                return
             procs = self.bus.unit_processes(d.unit)
         except BusError as e:
             log.warning("%s: %s; will re-check", d.unit, e)
@@ -545,10 +568,9 @@ class Supervisor:
                 self._check_idle(d, now)
             if d.recheck_deadline is not None and now >= d.recheck_deadline:
                 d.recheck_deadline = None
-                if d.main_exited:
-                    self._after_main_exit(d) if not d.attached else self._check_unit(d)
-                else:
-                    self._check_unit(d)
+                self._check_unit(d)  # a full snapshot: covers signals lost across a reconnect or re-exec
+                if d.main_exited and not d.attached and d.result is None:
+                    self._after_main_exit(d)
 
     def _check_idle(self, d: Dispatch, now: float) -> None:
         """Idle = nothing written to the log for idle_timeout s. We sleep until the earliest moment that
