@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import selectors
 import signal
 import threading
@@ -35,6 +36,8 @@ log = logging.getLogger("ralph_systemd")
 
 JOB_WAIT_S = 30.0  # a scope's start job takes milliseconds; this only bounds a wedged manager
 TIMEOUT_SLACK_US = 200_000  # a stop this close to RuntimeMaxSec is the wall timeout firing
+FDS_PER_DISPATCH = 2  # a running dispatch holds its pidfd and the write end of its stdin pipe
+FD_HEADROOM = 64  # the launch itself (log, gate and error pipes), the bus, and the caller's own files
 
 
 def _monotonic_us() -> int:
@@ -168,6 +171,7 @@ class Supervisor:
         directory, a live dispatch for the ticket, a bus error) give a Dispatch that is already done with
         status ERROR and the reason; nothing is left behind for them."""
         self._check_thread()
+        self._ensure_fd_headroom()
         d = Dispatch(self, ticket=spec.ticket, session=spec.session, unit=spec.unit, log_path=None, spec=spec)
         env = spec.environment
         cwd = os.fspath(spec.cwd)
@@ -219,6 +223,17 @@ class Supervisor:
         if d.idle_timeout is not None:
             d.idle_deadline = d.started + d.idle_timeout
         return d
+
+    def _ensure_fd_headroom(self) -> None:
+        """Raise the soft RLIMIT_NOFILE to the hard limit when one more dispatch might not fit (the
+        default soft limit of 1024 holds ~480 dispatches); epoll has no FD_SETSIZE limit."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = FDS_PER_DISPATCH * (len(self._live) + 1) + FD_HEADROOM
+        if soft == resource.RLIM_INFINITY or need <= soft or soft == hard:
+            return
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("raised the soft limit on open files from %d to %s for %d live dispatches", soft,
+                 "unlimited" if hard == resource.RLIM_INFINITY else hard, len(self._live))
 
     def _unit_exists_message(self, spec: DispatchSpec) -> str:
         other = ""
