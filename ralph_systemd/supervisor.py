@@ -20,9 +20,11 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from ralph_systemd.cgroupfs import cgroup_dir_of, procs_in
 from ralph_systemd.bus import BusEvent, PystemdUserBus, SystemdBus, UnitExistsError, UnitState, unit_path
 from ralph_systemd.logs import open_session_log
 from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, unit_name_for_ticket
@@ -67,6 +69,7 @@ class Dispatch:
         self.main_exited = False
         self.main_exit_step: Termination | None = None
         self.active_state: str | None = None  # as last reported by the manager's signals
+        self.cgroup_dir: Path | None = None
         self.unit_final: UnitState | None = None
         self.stop_reason: Status | None = None
         self.step = Termination.NATURAL  # how far the ladder has gone
@@ -218,6 +221,7 @@ class Supervisor:
             self._release_unit(spec.unit)
             raise
         d.started = time.monotonic()
+        d.cgroup_dir = cgroup_dir_of(child.pid)  # the scope's cgroup: the child is in it now
         self._live[d.path] = d
         self._selector.register(child.pidfd, selectors.EVENT_READ, d)
         if d.idle_timeout is not None:
@@ -402,6 +406,14 @@ class Supervisor:
                 raise TimeoutError(f"{len(pending)} dispatch(es) still running after {timeout} s")
             self._step(deadline)
 
+    def poll(self) -> None:
+        """Handle whatever is ready now, without blocking. For callers that must poll (tf's
+        poll_dispatch_status); a `wait*(timeout=0)` returns before doing any work."""
+        self._check_thread()
+        now = time.monotonic()
+        self._step(now)
+        self._step(now)  # the first turn returns early after bus signals; this one also reaps pidfds
+
     def wait_any(self, dispatches: Iterable[Dispatch] | None = None, timeout: float | None = None) -> list[Dispatch]:
         """The finished ones among `dispatches` once at least one is; [] if `timeout` passes first."""
         self._check_thread()
@@ -558,12 +570,14 @@ class Supervisor:
         if d.active_state in ("inactive", "failed"):
             self._finish_ended(d)
             return
-        try:
-            procs = self.bus.unit_processes(d.unit)
-        except BusError as e:
-            log.warning("%s: %s; will re-check", d.unit, e)
-            d.recheck_deadline = time.monotonic() + 1.0
-            return
+        procs = procs_in(d.cgroup_dir) if d.cgroup_dir is not None else None
+        if procs is None:
+            try:
+                procs = self.bus.unit_processes(d.unit)
+            except BusError as e:
+                log.warning("%s: %s; will re-check", d.unit, e)
+                d.recheck_deadline = time.monotonic() + 1.0
+                return
         if procs:
             d.leftovers = max(d.leftovers, len(procs))
             log.info("%s: main process ended, %d process(es) left in the scope: stopping them", d.unit, len(procs))

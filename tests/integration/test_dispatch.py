@@ -104,7 +104,7 @@ def test_timeout_session_that_exits_on_eof(tmp_path: Path) -> None:
     ev = events(r.log_path)
     assert (r.status, r.termination_method, r.exit_code) == (Status.TIMEOUT, Termination.EOF, 0)
     assert "TERM" not in ev
-    assert 0.9 <= ev["EOF"] - ev["START"] <= 1.8  # EOF when RuntimeMaxSec fired
+    assert 0.9 <= ev["EOF"] - ev["START"] <= 2.5  # EOF when RuntimeMaxSec fired
     assert r.systemd_result == "timeout"  # systemd's word: RuntimeMaxSec fired (even though all exited in the grace)
 
 
@@ -112,8 +112,8 @@ def test_timeout_session_that_ignores_eof_gets_sigterm(tmp_path: Path) -> None:
     r = run(spec(tmp_path, [LADDER, "term"], "term", **LADDER_KW))
     ev = events(r.log_path)
     assert (r.status, r.termination_method, r.exit_code) == (Status.TIMEOUT, Termination.SIGTERM, 143)
-    assert 0.9 <= ev["EOF"] - ev["START"] <= 1.8
-    assert 0.45 <= ev["TERM"] - ev["EOF"] <= 1.0  # SIGTERM eof_grace after EOF
+    assert 0.9 <= ev["EOF"] - ev["START"] <= 2.5
+    assert 0.45 <= ev["TERM"] - ev["EOF"] <= 1.5  # SIGTERM eof_grace after EOF
 
 
 def test_timeout_session_that_traps_sigterm_is_sigkilled_by_systemd(tmp_path: Path) -> None:
@@ -124,10 +124,10 @@ def test_timeout_session_that_traps_sigterm_is_sigkilled_by_systemd(tmp_path: Pa
     assert (r.status, r.termination_method, r.signal, r.exit_code) == \
         (Status.TIMEOUT, Termination.SIGKILL, signal.SIGKILL, None)
     assert r.systemd_result == "timeout"
-    assert 0.45 <= ev["TERM"] - ev["EOF"] <= 1.0
+    assert 0.45 <= ev["TERM"] - ev["EOF"] <= 1.5
     # systemd's SIGKILL comes TimeoutStopSec (grace) after the stop began (= when EOF was sent)
-    assert 1.8 <= ended - ev["EOF"] <= 3.5, ended - ev["EOF"]
-    assert ended - t0 < 1.0 + 2.0 + 1.5
+    assert 1.8 <= ended - ev["EOF"] <= 4.0, ended - ev["EOF"]
+    assert ended - t0 < 1.0 + 2.0 + 2.5
 
 
 def test_idle_timeout_stops_a_session_that_stopped_writing(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_idle_timeout_stops_a_session_that_stopped_writing(tmp_path: Path) -> No
     took = time.monotonic() - t0
     assert r.status is Status.IDLE_TIMEOUT
     assert r.termination_method is Termination.SIGTERM and r.signal == signal.SIGTERM
-    assert 0.9 <= took <= 2.5, took
+    assert 0.9 <= took <= 3.5, took
 
 
 def test_output_keeps_an_idle_timeout_away(tmp_path: Path) -> None:
@@ -276,6 +276,6 @@ def test_launcher_sigkilled_mid_dispatch_systemd_still_enforces_the_timeout(tmp_
         assert d.ticket == t
         r = sup.wait(d, timeout=15)
     assert r.status is Status.TIMEOUT and r.systemd_result == "timeout"
-    assert time.monotonic() - t_killed < 2.0 + 1.0 + 2.0
+    assert time.monotonic() - t_killed < 2.0 + 1.0 + 3.0
     assert not alive(int(session_pid))
     assert not alive(int(pidfile.read_text()))

@@ -1,0 +1,42 @@
+"""Read a scope's membership straight from cgroupfs: a file read instead of a D-Bus round trip.
+
+Used on the hot path (the main process has exited: is anything left in the scope?). Anything unexpected
+returns None and the caller asks the manager instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_MOUNTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+def cgroup_dir_of(pid: int) -> Path | None:
+    """The cgroup2 directory the process is in, or None if it cannot be read."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    rel = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if not rel or rel == "/":
+        return None
+    for mount in _MOUNTS:
+        d = mount / rel.lstrip("/")
+        if (d / "cgroup.procs").exists():
+            return d
+    return None
+
+
+def procs_in(cgroup_dir: Path) -> list[int] | None:
+    """PIDs in the cgroup and its children; [] once it is gone (empty scopes are removed); None if unreadable."""
+    if not cgroup_dir.exists():
+        return []
+    pids: list[int] = []
+    try:
+        for procs in [cgroup_dir / "cgroup.procs", *cgroup_dir.glob("*/**/cgroup.procs")]:
+            pids += [int(x) for x in procs.read_text().split()]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        return None
+    return pids
