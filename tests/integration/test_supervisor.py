@@ -276,3 +276,26 @@ def test_sigterm_with_detach_leaves_dispatches_running_for_a_later_attach(tmp_pa
     assert r.status is Status.STOPPED
     assert not _alive_in(launcher.pids[0], launcher.units[0])
     assert _units(f"ralph-dt{tag}.*") == []
+
+
+# -- the demo -----------------------------------------------------------------------------------------------------
+
+
+def test_demo_runs_end_to_end_with_the_four_outcomes(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ralph_systemd.demo", "--log-dir", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "\033[" not in r.stdout  # piped: plain text
+    rows = {}
+    for line in r.stdout.splitlines():
+        cells = line.split()
+        if len(cells) >= 7 and cells[0].split("_")[0] in ("works", "fails", "hangs", "idles") and cells[-1].endswith(".log"):
+            rows[cells[0].split("_")[0]] = cells
+    assert {k: v[1] for k, v in rows.items()} == {"works": "completed", "fails": "failed", "hangs": "timeout",
+                                                  "idles": "idle-timeout"}
+    assert rows["fails"][2] == "3"
+    assert rows["idles"][4] == "1"  # the daemon it left behind was killed
+    assert "launched" in r.stdout and "finished" in r.stdout
+    assert "systemctl --user status" in r.stdout and "CGroup:" in r.stdout
+    run = rows["works"][0].split("_")[1]
+    assert _units(f"ralph-*_{run}.scope") == []  # every scope of this run is gone
