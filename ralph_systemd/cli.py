@@ -51,6 +51,8 @@ ticket, unit, session and log path and leaves it running, bounded by --timeout (
 The ticket defaults to the program's name plus 6 random hex digits, e.g. `sleep.3f9a1c`.
 Time spans are systemd's: 90, 90s, 500ms, 5min, 1h 30min, 2d. Sizes are 1024-based: 512M, 2G.
 Ctrl-C (or SIGTERM) stops the session with the ladder: EOF on its stdin, SIGTERM, SIGKILL after --grace.
+With --detach the session's stdin is at EOF once we return (nobody is left to write to it), and a stop
+(`ralph-systemd stop`, --timeout) is systemd's alone: SIGTERM to every process, SIGKILL after --grace.
 """
 
 
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog=PROG, description="Run and watch AI coding-agent sessions in transient systemd user scopes.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", dest="verbose_top", action="store_true", help="as -v after the command")
     sub = p.add_subparsers(dest="command_name", metavar="COMMAND", required=True, parser_class=_Parser)
 
     def add(name: str, help_: str, parents: list[_Parser], description: str | None = None
@@ -163,6 +166,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     out = out or sys.stdout
     err = err or sys.stderr
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args.verbose = args.verbose or args.verbose_top
     name = f"{PROG} {args.command_name}"
     launch = args.command_name == "run"
     try:

@@ -123,6 +123,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise RunError(f"cannot reach the systemd user manager: {e}", EXIT_LAUNCH_FAILED) from None
     detached = False
     try:
+        if not args.detach:
+            # Before the launch: a Ctrl-C as soon as the session runs must reach the ladder, not raise.
+            sup.handle_signals(action="stop")
         d = sup.launch(spec)
         if d.result is not None:  # the launch failed; nothing was left behind
             if args.json:
@@ -137,7 +140,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             else:
                 print_pairs([(k, str(info[k])) for k in ("ticket", "unit", "session", "log_path")], out)
             return 0
-        sup.handle_signals(action="stop")  # Ctrl-C / SIGTERM: stop the session with the ladder, then report
         result = wait_with_progress(sup, d, spec, err)
     finally:
         if not detached:

@@ -1,0 +1,69 @@
+"""Helpers for driving `python -m ralph_systemd` as a subprocess against the real user manager."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def ticket(prefix: str) -> str:
+    return f"cli{prefix}.{uuid.uuid4().hex[:8]}"
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ralph_systemd", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def cli_json(*args: str, cwd: Path | None = None) -> tuple[int, Any]:
+    r = cli(*args, cwd=cwd)
+    assert r.stdout.strip(), f"no JSON on stdout; stderr: {r.stderr}"
+    return r.returncode, json.loads(r.stdout)
+
+
+def popen(*args: str, cwd: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "ralph_systemd", *args], cwd=cwd, **kw)
+
+
+def read_fifo(path: Path, timeout: float = 30.0) -> bytes:
+    """Block (select, no polling) until a writer has written to the FIFO and closed it; its bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    data = b""
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"nothing came through {path} in {timeout} s"
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            if chunk:
+                data += chunk
+            elif data:  # EOF after data: the writer closed
+                return data
+            else:  # Linux reports a FIFO that never had a writer as not ready, so this is a closed writer
+                return data
+    finally:
+        os.close(fd)
+
+
+def unit_loaded(unit: str) -> bool:
+    out = subprocess.run(["systemctl", "--user", "show", unit, "-pLoadState", "--value"],
+                         capture_output=True, text=True).stdout.strip()
+    return out not in ("not-found", "")
+
+
+def alive(pid: int) -> bool:
+    """Running (not a zombie) process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
