@@ -279,9 +279,15 @@ class PystemdUserBus:
                                self._retry_budget_s, self._reconnect)
 
     def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
+        """StartTransientUnit; returns the job path, or "" when the job is not known (see below)."""
         from pystemd.dbuslib import apply_signature
 
+        pids = [int(p) for prop, _, value in properties if prop == "PIDs" for p in value]
+        attempts = 0
+
         def call() -> Any:
+            nonlocal attempts
+            attempts += 1
             if self._bus is None:
                 raise TransientBusError("not connected to the user bus", disconnected=True)
             args = apply_signature(b"ss", [name.encode(), b"fail"])
@@ -294,11 +300,27 @@ class PystemdUserBus:
             try:
                 return self._bus.call_method(SYSTEMD, MANAGER_PATH, MANAGER_IFACE, b"StartTransientUnit", args).body
             except Exception as e:
-                raise _map_error(e, f"StartTransientUnit({name})") from None
+                err = _map_error(e, f"StartTransientUnit({name})")
+            if isinstance(err, UnitExistsError) and attempts > 1 and self._scope_holds(name, pids):
+                # An earlier attempt created it and its reply was lost (the manager re-executed): it is ours.
+                log.warning("%s was created by an earlier attempt whose reply was lost; using it", name)
+                if self._unique_name != first_connection:  # AddRef went with the old connection
+                    self._raw_call(UNIT_IFACE, unit_path(name).encode(), b"Ref", b"", [])
+                return b""
+            raise err
 
+        first_connection = self._unique_name
         job = call_with_retry(call, self._retry_budget_s, self._reconnect)
         self._refs.add(name)  # AddRef=true is among the properties: we hold a ref from now on
         return _s(job)
+
+    def _scope_holds(self, name: str, pids: list[int]) -> bool:
+        """Whether scope `name` contains one of `pids` (it is the one we asked for)."""
+        try:
+            procs = self._raw_call(SCOPE_IFACE, unit_path(name).encode(), b"GetProcesses", b"", [])
+        except BusError:
+            return False
+        return bool(pids) and any(int(p[1]) in pids for p in procs or [])
 
     def unit_state(self, name: str) -> UnitState:
         path = unit_path(name).encode()
@@ -408,8 +430,10 @@ class PystemdUserBus:
         pystemd's process() handles one message per call and does not say whether one was pending, so we
         stop after a few calls in a row that produced nothing (each is a non-blocking read).
         """
-        if self._bus is None:
-            raise TransientBusError("not connected to the user bus", disconnected=True)
+        if self._bus is None:  # an earlier reconnect failed: try again (the caller paces these tries)
+            self._reconnect(TransientBusError("not connected to the user bus", disconnected=True))
+            if self._bus is None:
+                raise TransientBusError("not connected to the user bus (reconnecting failed)", disconnected=True)
         idle = 0
         for _ in range(100_000):
             before = len(self._events)

@@ -112,6 +112,8 @@ class Supervisor:
         self.bus: SystemdBus = bus if bus is not None else PystemdUserBus()
         self._selector = selectors.DefaultSelector()
         self._bus_fd = -1
+        self._bus_failures = 0  # drains failed in a row (the bus is down while > 0)
+        self._bus_retry_at: float | None = None  # when to try the bus again while it is down
         self._register_bus()
         self._live: dict[str, Dispatch] = {}  # by unit object path
         self._jobs: dict[str, str] = {}  # finished job path -> result
@@ -253,7 +255,7 @@ class Supervisor:
 
     def _wait_job(self, job: str, unit: str) -> str:
         deadline = time.monotonic() + JOB_WAIT_S
-        last_check = time.monotonic()
+        last_check = time.monotonic() if job else 0.0  # "" = job unknown (its reply was lost): look now
         while job not in self._jobs:
             now = time.monotonic()
             if now >= deadline:
@@ -446,6 +448,8 @@ class Supervisor:
         timers = [t for t in (d._next_deadline() for d in self._live.values()) if t is not None]
         if deadline is not None:
             timers.append(deadline)
+        if self._bus_retry_at is not None:
+            timers.append(self._bus_retry_at)
         timeout = max(0.0, min(timers) - now) if timers else None
         for key, _ in self._selector.select(timeout):
             if key.data == "bus":
@@ -457,23 +461,46 @@ class Supervisor:
         self._run_timers(time.monotonic())
 
     def _handle_bus(self) -> bool:
-        """Handle every signal the bus has queued (also those read during our own calls); True if any."""
+        """Handle every signal the bus has queued (also those read during our own calls); True if any.
+
+        While the bus is down (drain fails, the reconnect too), its fd is out of the selector and the next
+        try waits with exponential backoff (20 ms .. 1 s): a dead socket polls readable forever, and
+        re-reading it in a loop would spin. Once it works again every dispatch is re-checked, because
+        signals sent meanwhile are lost."""
+        if self._bus_retry_at is not None and time.monotonic() < self._bus_retry_at:
+            return False
         handled = False
         while True:
             try:
                 events = self.bus.drain()
-            except BusError as e:
-                log.warning("user bus: %s; re-checking every dispatch", e)
                 self._register_bus()
+            except BusError as e:
+                self._bus_down(e)
+                return False
+            if self._bus_failures:
+                log.warning("user bus: back after %d failed tries; re-checking every dispatch", self._bus_failures)
+                self._bus_failures = 0
+                self._bus_retry_at = None
                 self._resync()
-                return True
+                handled = True
             if not events:
                 break
             handled = True
             for ev in events:
                 self._on_event(ev)
-        self._register_bus()
         return handled
+
+    def _bus_down(self, e: BusError) -> None:
+        self._bus_failures += 1
+        delay = min(1.0, 0.01 * 2 ** self._bus_failures)
+        self._bus_retry_at = time.monotonic() + delay
+        log.warning("user bus: %s; trying again in %.2f s", e, delay)
+        if self._bus_fd >= 0:
+            try:
+                self._selector.unregister(self._bus_fd)
+            except (KeyError, ValueError):
+                pass
+            self._bus_fd = -1
 
     def _resync(self) -> None:
         for d in list(self._live.values()):
