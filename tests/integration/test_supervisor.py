@@ -59,10 +59,15 @@ def _rss_kib() -> int:
 def _fan_out(n: int, sleep_s: float, tmp_path: Path) -> dict[str, float]:
     """Launch n `sleep` sessions at once over one Supervisor, wait for all; return the figures."""
     tag = _tag()
+    # Every session first blocks on a FIFO (the gate), so all n are running at once however slow the
+    # launches are on a loaded machine; opening the gate lets them all sleep.
+    gate = tmp_path / "gate.fifo"
+    os.mkfifo(gate)
+    argv = ["sh", "-c", f'read x < "$0"; exec sleep {sleep_s}', str(gate)]
     with Supervisor() as sup:
         t0 = time.monotonic()
-        ds = [sup.launch(DispatchSpec(argv=["sleep", str(sleep_s)], ticket=f"fan{tag}.{i}", log_dir=tmp_path,
-                                      timeout=sleep_s + 60, grace=5)) for i in range(n)]
+        ds = [sup.launch(DispatchSpec(argv=argv, ticket=f"fan{tag}.{i}", log_dir=tmp_path, timeout=sleep_s + 120,
+                                      grace=5)) for i in range(n)]
         launch_s = time.monotonic() - t0
         errors = [d.result.error for d in ds if d.result is not None and d.result.status is Status.ERROR]
         assert not errors, errors[:3]
@@ -71,6 +76,7 @@ def _fan_out(n: int, sleep_s: float, tmp_path: Path) -> dict[str, float]:
         assert [d for d in ds if d.done] == []
         assert len(_units(f"ralph-fan{tag}.*")) == n
         cpu0, wall0 = _cpu_s(), time.monotonic()
+        os.close(os.open(gate, os.O_WRONLY))  # EOF for every reader: they all go to sleep now
         results = sup.wait_all(ds, timeout=sleep_s + 120)
         cpu_s, wait_s = _cpu_s() - cpu0, time.monotonic() - wall0
         rss = _rss_kib()
