@@ -138,7 +138,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if args.json:
                 print(json.dumps(info), file=out)
             else:
-                print_pairs([(k, str(info[k])) for k in ("ticket", "unit", "session", "log_path")], out)
+                print_pairs([("ticket", info["ticket"]), ("unit", info["unit"]), ("session", info["session"]),
+                             ("log", info["log_path"])], out)
             return 0
         result = wait_with_progress(sup, d, spec, err)
     finally:
