@@ -37,9 +37,19 @@ from ralph_systemd.spec import DispatchSpec
 log = logging.getLogger("ralph_systemd")
 
 JOB_WAIT_S = 30.0  # a scope's start job takes milliseconds; this only bounds a wedged manager
+STUCK_AFTER_S = 2.0  # after the scope ended, how long our child may take to exit before we call it stuck
 TIMEOUT_SLACK_US = 200_000  # a stop this close to RuntimeMaxSec is the wall timeout firing
 FDS_PER_DISPATCH = 2  # a running dispatch holds its pidfd and the write end of its stdin pipe
 FD_HEADROOM = 64  # the launch itself (log, gate and error pipes), the bus, and the caller's own files
+
+
+def _proc_state(pid: int) -> str | None:
+    """The process state letter (R, S, D, Z, ...) from /proc, or None if it is gone or a zombie."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if state in ("Z", "X") else state
 
 
 def _monotonic_us() -> int:
@@ -76,6 +86,9 @@ class Dispatch:
         self.term_deadline: float | None = None
         self.idle_deadline: float | None = None
         self.recheck_deadline: float | None = None
+        self.stuck_deadline: float | None = None
+        self.stuck = False  # the main process outlived its scope (unkillable): see Supervisor._finish_stuck
+        self.error: str | None = None
         self.leftovers = 0
         self.result: DispatchResult | None = None
         self.grace = spec.grace if spec else 0.0
@@ -100,7 +113,8 @@ class Dispatch:
             self.supervisor.wait(self)
 
     def _next_deadline(self) -> float | None:
-        ds = [d for d in (self.term_deadline, self.idle_deadline, self.recheck_deadline) if d is not None]
+        ds = [d for d in (self.term_deadline, self.idle_deadline, self.recheck_deadline, self.stuck_deadline)
+              if d is not None]
         return min(ds) if ds else None
 
 
@@ -117,6 +131,7 @@ class Supervisor:
         self._register_bus()
         self._live: dict[str, Dispatch] = {}  # by unit object path
         self._jobs: dict[str, str] = {}  # finished job path -> result
+        self._orphans: dict[int, int] = {}  # pidfd -> pid of stuck children reported already, reaped on exit
         self._closed = False
         self._signal_r: int | None = None
         self.signals_received: list[int] = []
@@ -458,6 +473,8 @@ class Supervisor:
                 self._handle_signal_fd()
             elif isinstance(key.data, Dispatch):
                 self._reap(key.data)
+            elif key.data == "orphan":
+                self._reap_orphan(key.fd)
         self._run_timers(time.monotonic())
 
     def _handle_bus(self) -> bool:
@@ -526,8 +543,11 @@ class Supervisor:
             state = ev.changes.get("ActiveState")
             if isinstance(state, str):
                 d.active_state = state
-                if state in ("inactive", "failed") and d.main_exited:
-                    self._finish_ended(d)
+                if state in ("inactive", "failed"):
+                    if d.main_exited:
+                        self._finish_ended(d)
+                    else:
+                        self._watch_for_stuck(d)
         elif ev.kind in ("unit-changed", "unit-removed"):
             self._check_unit(d)
 
@@ -568,7 +588,44 @@ class Supervisor:
         d.active_state = st.active_state
         if st.ended or not st.exists:
             d.unit_final = st
+            if not d.main_exited:
+                self._watch_for_stuck(d)
             self._maybe_finish(d)
+
+    def _watch_for_stuck(self, d: Dispatch) -> None:
+        """The scope has ended but our child has not exited: normally its exit is microseconds away. If it
+        is still there STUCK_AFTER_S later it survived systemd's SIGKILL (uninterruptible sleep, e.g. a
+        hung NFS/FUSE call): we report that instead of waiting for ever."""
+        if d.stuck_deadline is None and not d.attached:
+            d.stuck_deadline = time.monotonic() + STUCK_AFTER_S
+
+    def _finish_stuck(self, d: Dispatch) -> None:
+        d.stuck_deadline = None
+        if d.main_exited or d.child is None or d.pid is None:
+            return
+        state = _proc_state(d.pid)
+        if state is None:
+            return  # it has exited after all: the pidfd reports it
+        if d.unit_final is None:
+            d.unit_final = self.bus.unit_state(d.unit)
+        d.stuck = True
+        self._orphans[d.child.pidfd] = d.pid  # reaped whenever it finally exits
+        self._selector.modify(d.child.pidfd, selectors.EVENT_READ, "orphan")
+        d.main_exited, d.main_exit_step = True, Termination.UNKNOWN
+        d.error = (f"main process {d.pid} is still alive (state {state}) although its scope ended: it survived "
+                   "SIGKILL, so it is in uninterruptible sleep (a hung NFS/FUSE/device call); only the kernel "
+                   "call returning can end it. Reported as stuck; it is reaped if it ever exits")
+        log.error("%s: %s", d.unit, d.error)
+        self._maybe_finish(d)
+
+    def _reap_orphan(self, pidfd: int) -> None:
+        pid = self._orphans.pop(pidfd)
+        self._selector.unregister(pidfd)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        os.close(pidfd)
 
     def _reap(self, d: Dispatch) -> None:
         assert d.child is not None and d.pid is not None
@@ -622,6 +679,8 @@ class Supervisor:
                 self._ladder_term(d)
             if d.idle_deadline is not None and now >= d.idle_deadline:
                 self._check_idle(d, now)
+            if d.stuck_deadline is not None and now >= d.stuck_deadline:
+                self._finish_stuck(d)
             if d.recheck_deadline is not None and now >= d.recheck_deadline:
                 d.recheck_deadline = None
                 self._check_unit(d)  # a full snapshot: covers signals lost across a reconnect or re-exec
@@ -660,8 +719,8 @@ class Supervisor:
         stop = d.stop_reason
         if stop is not None and d.main_exit_step is Termination.NATURAL and not d.attached:
             stop = None  # the session had already ended by itself before the stop reached it
-        if d.attached and stop is None and sysres == "timeout":
-            stop = Status.TIMEOUT
+        if (d.attached or d.stuck) and stop is None:
+            stop = Status.TIMEOUT if sysres == "timeout" else (Status.STOPPED if d.stuck else None)
         if sysres == "oom-kill":
             status = Status.OOM
         elif stop is not None:
@@ -684,7 +743,7 @@ class Supervisor:
             ticket=d.ticket, session=d.session or "", unit=d.unit, status=status, termination_method=method,
             exit_code=d.exit_code, signal=d.exit_signal, systemd_result=sysres if st.exists or not d.attached else None,
             leftovers_killed=d.leftovers, duration_s=time.monotonic() - d.started, log_path=d.log_path,
-            invocation_id=d.invocation_id or (st.invocation_id or None), pid=d.pid, error=None)
+            invocation_id=d.invocation_id or (st.invocation_id or None), pid=d.pid, error=d.error)
 
     # -- signals to us ---------------------------------------------------------------------------------------
 
