@@ -33,6 +33,7 @@ from ralph_systemd.retry import BusError
 from ralph_systemd.scope import facts_from_unit, scope_properties
 from ralph_systemd.spawn import ExecError, GatedChild, fork_gated, resolve_executable
 from ralph_systemd.spec import DispatchSpec
+from ralph_systemd.verdict import Facts, decide
 
 log = logging.getLogger("ralph_systemd")
 
@@ -716,29 +717,9 @@ class Supervisor:
 
     def _result(self, d: Dispatch, st: UnitState) -> DispatchResult:
         sysres = st.result if st.exists else ("success" if st.load_state == "not-found" else st.result)
-        stop = d.stop_reason
-        if stop is not None and d.main_exit_step is Termination.NATURAL and not d.attached:
-            stop = None  # the session had already ended by itself before the stop reached it
-        if (d.attached or d.stuck) and stop is None:
-            stop = Status.TIMEOUT if sysres == "timeout" else (Status.STOPPED if d.stuck else None)
-        if sysres == "oom-kill":
-            status = Status.OOM
-        elif stop is not None:
-            status = stop
-        elif d.attached:
-            status = Status.UNKNOWN
-        elif d.exit_code == 0 and d.exit_signal is None:
-            status = Status.COMPLETED
-        else:
-            status = Status.FAILED
-        if d.attached:
-            method = Termination.UNKNOWN
-        elif d.exit_signal == signal.SIGKILL and d.main_exit_step is not Termination.NATURAL:
-            method = Termination.SIGKILL
-        elif d.exit_signal == signal.SIGKILL and sysres in ("oom-kill", "timeout"):
-            method = Termination.SIGKILL
-        else:
-            method = d.main_exit_step or Termination.NATURAL
+        status, method = decide(Facts(
+            systemd_result=sysres, stop_reason=d.stop_reason, ladder_step_at_exit=d.main_exit_step,
+            exit_code=d.exit_code, exit_signal=d.exit_signal, attached=d.attached, stuck=d.stuck))
         return DispatchResult(
             ticket=d.ticket, session=d.session or "", unit=d.unit, status=status, termination_method=method,
             exit_code=d.exit_code, signal=d.exit_signal, systemd_result=sysres if st.exists or not d.attached else None,
