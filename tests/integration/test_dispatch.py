@@ -254,7 +254,8 @@ LAUNCHER = textwrap.dedent("""
     import sys
     from ralph_systemd import DispatchSpec, Supervisor
     sup = Supervisor()
-    d = sup.launch(DispatchSpec(argv=sys.argv[1:4], ticket=sys.argv[4], log_dir=sys.argv[5], cwd=sys.argv[5],
+    argv = [a for a in sys.argv[1:4] if a != "x"]
+    d = sup.launch(DispatchSpec(argv=argv, ticket=sys.argv[4], log_dir=sys.argv[5], cwd=sys.argv[5],
                                 timeout=2.0, grace=1.0))
     print(d.unit, d.pid, flush=True)
     sys.stdin.read()  # block until killed
@@ -279,3 +280,23 @@ def test_launcher_sigkilled_mid_dispatch_systemd_still_enforces_the_timeout(tmp_
     assert time.monotonic() - t_killed < 2.0 + 1.0 + 3.0
     assert not alive(int(session_pid))
     assert not alive(int(pidfile.read_text()))
+
+
+def test_launcher_dead_the_timeout_still_sends_sigterm_first(tmp_path: Path) -> None:
+    """Why KillMode=control-group: without us (no Controller) systemd still TERMs before it KILLs."""
+    t = ticket("orphan-term")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, LADDER, "kill", "x", t, str(tmp_path)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    unit, session_pid = launcher.stdout.readline().split()
+    launcher.kill()
+    launcher.wait()
+    with Supervisor() as sup:
+        d = sup.attach(unit)
+        r = sup.wait(d, timeout=15)
+    assert r.status is Status.TIMEOUT and r.systemd_result == "timeout"
+    assert r.exit_code is None and r.termination_method is Termination.UNKNOWN  # not our child any more
+    ev = events(d.log_path)
+    assert "TERM" in ev, "systemd must SIGTERM the session before its SIGKILL when the controller is gone"
+    assert 1.5 <= ev["TERM"] - ev["START"] <= 3.5  # at the 2 s timeout
+    assert not alive(int(session_pid))
