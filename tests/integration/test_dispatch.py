@@ -100,19 +100,21 @@ LADDER_KW = dict(timeout=1.0, grace=2.0, eof_grace=0.5)
 
 
 def test_timeout_session_that_exits_on_eof(tmp_path: Path) -> None:
+    t0 = time.monotonic()  # the scope becomes active after this: RuntimeMaxSec counts from then
     r = run(spec(tmp_path, [LADDER, "eof"], "eof", **LADDER_KW))
     ev = events(r.log_path)
     assert (r.status, r.termination_method, r.exit_code) == (Status.TIMEOUT, Termination.EOF, 0)
     assert "TERM" not in ev
-    assert 0.9 <= ev["EOF"] - ev["START"] <= 2.5  # EOF when RuntimeMaxSec fired
+    assert 1.0 <= ev["EOF"] - t0 <= 3.5  # EOF when RuntimeMaxSec fired (never before)
     assert r.systemd_result == "timeout"  # systemd's word: RuntimeMaxSec fired (even though all exited in the grace)
 
 
 def test_timeout_session_that_ignores_eof_gets_sigterm(tmp_path: Path) -> None:
+    t0 = time.monotonic()  # the scope becomes active after this: RuntimeMaxSec counts from then
     r = run(spec(tmp_path, [LADDER, "term"], "term", **LADDER_KW))
     ev = events(r.log_path)
     assert (r.status, r.termination_method, r.exit_code) == (Status.TIMEOUT, Termination.SIGTERM, 143)
-    assert 0.9 <= ev["EOF"] - ev["START"] <= 2.5
+    assert 1.0 <= ev["EOF"] - t0 <= 3.5
     assert 0.45 <= ev["TERM"] - ev["EOF"] <= 1.5  # SIGTERM eof_grace after EOF
 
 
@@ -298,5 +300,5 @@ def test_launcher_dead_the_timeout_still_sends_sigterm_first(tmp_path: Path) -> 
     assert r.exit_code is None and r.termination_method is Termination.UNKNOWN  # not our child any more
     ev = events(d.log_path)
     assert "TERM" in ev, "systemd must SIGTERM the session before its SIGKILL when the controller is gone"
-    assert 1.5 <= ev["TERM"] - ev["START"] <= 3.5  # at the 2 s timeout
+    assert 0.5 <= ev["TERM"] - ev["START"] <= 3.5  # at the 2 s timeout (START is logged after startup)
     assert not alive(int(session_pid))

@@ -181,8 +181,8 @@ def test_sigkill_of_the_launcher_leaves_dispatches_visible_and_a_new_supervisor_
         # runs past its wall-clock timeout, enforced by systemd with the launcher dead
         {"argv": ["sleep", "60"], "ticket": f"re{tag}.slow", "log_dir": str(tmp_path), "timeout": 3, "grace": 2},
     ]
+    t_launch = time.monotonic()  # before the launcher starts: its units cannot be older than this
     launcher = Launcher(specs)
-    t_launch = time.monotonic()
     launcher.proc.send_signal(signal.SIGKILL)
     launcher.proc.wait(timeout=10)
     # The dispatches outlive their launcher and stay visible.
