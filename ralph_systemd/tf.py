@@ -84,7 +84,7 @@ from typing import Any
 
 from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX
 from ralph_systemd.result import DispatchResult as NativeResult
-from ralph_systemd.result import Status, Termination
+from ralph_systemd.result import Status
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DEFAULT_SLICE, DispatchSpec
 from ralph_systemd.supervisor import Dispatch, Supervisor

@@ -7,7 +7,6 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
 
 
 def _unit(prefix: str) -> str:

@@ -20,7 +20,7 @@ from faults_util import child_zombies, fd_count, loaded_units, rss_kib, ticket, 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ralph_systemd import DispatchSpec, NoUserBusError, Status, Supervisor
+from ralph_systemd import DispatchSpec, Status, Supervisor
 from ralph_systemd.naming import ticket_from_unit_name, unit_name_for_ticket
 
 pytest_plugins = ["faults_table"]

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from ralph_systemd import DispatchSpec, Status, Supervisor, Termination
-from ralph_systemd.naming import unit_name_for_ticket
 
 
 def _tag() -> str:

@@ -11,9 +11,11 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pytest
+from fakes import NullBus
+from fakes import unit_state as fake_unit_state
 
 pystemd_dbusexc = pytest.importorskip("pystemd.dbusexc")
 import pystemd.dbuslib  # noqa: E402
@@ -259,35 +261,21 @@ def test_start_retried_after_a_lost_reply_is_not_mistaken_for_a_duplicate(fake_d
 
 # -- the supervisor over a failing bus ---------------------------------------------------------------------------
 
-class DownBus:
+class DownBus(NullBus):
     """A SystemdBus whose connection is gone for good after attach: every drain fails."""
 
     def __init__(self) -> None:
-        self.r, self.w = os.pipe()
+        super().__init__()
         os.write(self.w, b"x")  # always readable, like a socket with an error pending
         self.drains = 0
         self.state_calls = 0
-
-    @property
-    def unique_name(self) -> str:
-        return ":1.99"
-
-    def fileno(self) -> int:
-        return self.r
-
-    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
-        raise AssertionError("not used")
 
     def unit_state(self, name: str) -> UnitState:
         self.state_calls += 1
         if self.state_calls > 1:
             time.sleep(0.01)  # stands for the retry policy's own backoff inside a real call
             raise TransientBusError("not connected to the user bus", disconnected=True)
-        return UnitState(name=name, load_state="loaded", active_state="active", sub_state="running",
-                         result="success", invocation_id="ab", description="ralph ticket=x session=s1: sleep",
-                         documentation=(), active_enter_monotonic_us=1, inactive_enter_monotonic_us=0,
-                         runtime_max_us=2**64 - 1, timeout_stop_us=10**6, control_group="", memory_current=None,
-                         cpu_usage_ns=None, controller="")
+        return fake_unit_state(name, description="ralph ticket=x session=s1: sleep")
 
     def unit_processes(self, name: str) -> list[int]:
         return [4242]
@@ -295,28 +283,9 @@ class DownBus:
     def unit_result(self, name: str) -> str:
         raise TransientBusError("not connected to the user bus", disconnected=True)
 
-    def stop_unit(self, name: str) -> None: ...
-
-    def kill_unit(self, name: str, who: Literal["main", "all"], signum: int) -> None: ...
-
-    def ref_unit(self, name: str) -> None: ...
-
-    def unref_unit(self, name: str) -> None: ...
-
-    def reset_failed(self, name: str) -> None: ...
-
-    def list_units(self, patterns: Sequence[str]) -> list[str]:
-        return []
-
-    def reload(self) -> None: ...
-
     def drain(self) -> list[BusEvent]:
         self.drains += 1
         raise TransientBusError("user bus connection lost", disconnected=True)
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
 
 
 def test_supervisor_wait_stays_bounded_and_calm_while_the_bus_is_down() -> None:

@@ -12,26 +12,20 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from ralph_systemd import DispatchSpec, Status, Supervisor, Termination
 from ralph_systemd.bus import BusEvent, Property, UnitState, unit_path
 from ralph_systemd.supervisor import STUCK_AFTER_S
 
+from fakes import NullBus
+from fakes import unit_state as fake_unit_state
 
-class ScopeEndsBus:
+
+class ScopeEndsBus(NullBus):
     def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-        os.set_blocking(self.r, False)
+        super().__init__()
         self.events: list[BusEvent] = []
         self.state = "active"
-
-    @property
-    def unique_name(self) -> str:
-        return ":1.7"
-
-    def fileno(self) -> int:
-        return self.r
 
     def _emit(self, ev: BusEvent) -> None:
         self.events.append(ev)
@@ -47,32 +41,10 @@ class ScopeEndsBus:
                             changes={"ActiveState": "failed"}))
 
     def unit_state(self, name: str) -> UnitState:
-        return UnitState(name=name, load_state="loaded", active_state=self.state, sub_state="dead",
-                         result="timeout", invocation_id="ab" * 16, description="", documentation=(),
-                         active_enter_monotonic_us=1, inactive_enter_monotonic_us=0, runtime_max_us=10**6,
-                         timeout_stop_us=10**6, control_group="", memory_current=None, cpu_usage_ns=None,
-                         controller="")
-
-    def unit_processes(self, name: str) -> list[int]:
-        return []
+        return fake_unit_state(name, active_state=self.state, result="timeout")
 
     def unit_result(self, name: str) -> str:
         return "timeout"
-
-    def stop_unit(self, name: str) -> None: ...
-
-    def kill_unit(self, name: str, who: Literal["main", "all"], signum: int) -> None: ...
-
-    def ref_unit(self, name: str) -> None: ...
-
-    def unref_unit(self, name: str) -> None: ...
-
-    def reset_failed(self, name: str) -> None: ...
-
-    def list_units(self, patterns: Sequence[str]) -> list[str]:
-        return []
-
-    def reload(self) -> None: ...
 
     def drain(self) -> list[BusEvent]:
         try:
@@ -81,10 +53,6 @@ class ScopeEndsBus:
             pass
         out, self.events = self.events, []
         return out
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.w)
 
 
 def zombies_of_ours() -> list[int]:
