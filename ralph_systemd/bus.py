@@ -106,7 +106,7 @@ class SystemdBus(Protocol):
 
     def unit_processes(self, name: str) -> list[int]: ...
 
-    def unit_result(self, name: str) -> str: ...
+    def unit_outcome(self, name: str) -> tuple[str, str, str]: ...
 
     def stop_unit(self, name: str) -> None: ...
 
@@ -349,9 +349,15 @@ class PystemdUserBus:
             controller=_s(sc.get(b"Controller", b"")),
         )
 
-    def unit_result(self, name: str) -> str:
-        """The scope's Result (success, timeout, oom-kill, ...): one small call, for the final verdict."""
-        return _s(self._call(PROPS_IFACE, unit_path(name).encode(), b"Get", b"ss", [SCOPE_IFACE, b"Result"]))
+    def unit_outcome(self, name: str) -> tuple[str, str, str]:
+        """(ActiveState, Result, InvocationID) of a scope: three small Gets, for the final verdict. GetAll
+        (unit_state) serialises ~100 properties and costs milliseconds; this is the hot path of every
+        completion."""
+        path = unit_path(name).encode()
+        active = _s(self._call(PROPS_IFACE, path, b"Get", b"ss", [UNIT_IFACE, b"ActiveState"]))
+        result = _s(self._call(PROPS_IFACE, path, b"Get", b"ss", [SCOPE_IFACE, b"Result"]))
+        inv = self._call(PROPS_IFACE, path, b"Get", b"ss", [UNIT_IFACE, b"InvocationID"])
+        return active, result, bytes(inv or b"").hex()
 
     def unit_processes(self, name: str) -> list[int]:
         try:

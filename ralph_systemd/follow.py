@@ -8,54 +8,13 @@ unit's state, and once it has ended we copy what is left and return. No timer, n
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import selectors
-import struct
 from typing import BinaryIO
 
 from ralph_systemd.bus import SystemdBus
+from ralph_systemd.inotify import IN_CLOSE_WRITE, IN_DELETE_SELF, IN_MODIFY, Inotify
 from ralph_systemd.retry import BusError
-
-_IN_MODIFY = 0x002
-_IN_CLOSE_WRITE = 0x008
-_IN_DELETE_SELF = 0x400
-_IN_NONBLOCK = os.O_NONBLOCK
-_IN_CLOEXEC = os.O_CLOEXEC
-
-
-class Inotify:
-    """A minimal inotify watch on one file (glibc's inotify_* through ctypes); its fd is selectable."""
-
-    def __init__(self, path: str) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self.fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        wd = libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MODIFY | _IN_CLOSE_WRITE | _IN_DELETE_SELF)
-        if wd < 0:
-            err = ctypes.get_errno()
-            os.close(self.fd)
-            raise OSError(err, f"inotify_add_watch({path}) failed")
-
-    def drain(self) -> bool:
-        """Consume pending events; True if the file was deleted."""
-        deleted = False
-        while True:
-            try:
-                buf = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return deleted
-            pos = 0
-            while pos + 16 <= len(buf):
-                _wd, mask, _cookie, length = struct.unpack_from("iIII", buf, pos)
-                deleted |= bool(mask & _IN_DELETE_SELF)
-                pos += 16 + length
-
-    def close(self) -> None:
-        os.close(self.fd)
-
 
 def copy_new(src: BinaryIO, out: BinaryIO) -> int:
     """Copy whatever src has beyond its current position to out; bytes copied."""
@@ -71,7 +30,7 @@ def copy_new(src: BinaryIO, out: BinaryIO) -> int:
 def follow(log_path: str, bus: SystemdBus, unit: str, out: BinaryIO) -> None:
     """Print the log from its start, then as it grows, until `unit` has ended (or the log is deleted)."""
     with open(log_path, "rb") as src:
-        watch = Inotify(log_path)  # before the first read: nothing written in between is missed
+        watch = Inotify(log_path, IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE_SELF)  # before the first read: nothing written in between is missed
         sel = selectors.DefaultSelector()
         try:
             bus.ref_unit(unit)  # its PropertiesChanged now reaches us; a ref on a live scope keeps nothing alive
@@ -89,7 +48,7 @@ def follow(log_path: str, bus: SystemdBus, unit: str, out: BinaryIO) -> None:
                         copy_new(src, out)
                         return
                 for key, _ in sel.select(None):
-                    if key.data == "log" and watch.drain():
+                    if key.data == "log" and watch.drain() & IN_DELETE_SELF:
                         copy_new(src, out)
                         return
                     if key.data == "bus":

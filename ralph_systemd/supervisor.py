@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Literal
 
 from ralph_systemd.cgroupfs import cgroup_dir_of, procs_in
+from ralph_systemd.inotify import IN_MODIFY, Inotify
 from ralph_systemd.bus import BusEvent, PystemdUserBus, SystemdBus, UnitExistsError, UnitState, unit_path
 from ralph_systemd.logs import open_session_log
 from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, unit_name_for_ticket
@@ -51,6 +52,14 @@ def _proc_state(pid: int) -> str | None:
     except (OSError, IndexError):
         return None
     return None if state in ("Z", "X") else state
+
+
+def _cgroup_populated(events: Path) -> bool:
+    """False once the cgroup has no process left (or is gone)."""
+    try:
+        return "populated 1" in events.read_text()
+    except OSError:
+        return False
 
 
 def _monotonic_us() -> int:
@@ -81,6 +90,7 @@ class Dispatch:
         self.main_exit_step: Termination | None = None
         self.active_state: str | None = None  # as last reported by the manager's signals
         self.cgroup_dir: Path | None = None
+        self.cgroup_watch: Inotify | None = None  # on the scope's cgroup.events, once the main process has exited
         self.unit_final: UnitState | None = None
         self.stop_reason: Status | None = None
         self.step = Termination.NATURAL  # how far the ladder has gone
@@ -158,6 +168,8 @@ class Supervisor:
             for d in list(self._live.values()):
                 if d.child is not None:
                     d.child.close_all()
+                if d.cgroup_watch is not None:
+                    d.cgroup_watch.close()
             self._selector.close()
             self.bus.close()
             self._closed = True
@@ -476,6 +488,8 @@ class Supervisor:
                 self._reap(key.data)
             elif key.data == "orphan":
                 self._reap_orphan(key.fd)
+            elif isinstance(key.data, tuple) and key.data[0] == "cgroup":
+                self._on_cgroup_event(key.data[1])
         self._run_timers(time.monotonic())
 
     def _handle_bus(self) -> bool:
@@ -553,14 +567,19 @@ class Supervisor:
             self._check_unit(d)
 
     def _finish_ended(self, d: Dispatch) -> None:
-        """The scope has ended and our child is reaped: read its Result (one call) and finish."""
+        """The scope has ended (as far as we know) and our child is reaped: read its state and Result (two
+        small calls) and finish; if the manager has not got there yet, its signal will bring us back."""
         try:
-            result = self.bus.unit_result(d.unit)
+            active, result, invocation_id = self.bus.unit_outcome(d.unit)
         except BusError:
             self._check_unit(d)  # fall back to a full snapshot (and its retries)
             return
+        d.active_state = active
+        d.invocation_id = d.invocation_id or invocation_id or None
+        if active not in ("inactive", "failed"):
+            return
         d.unit_final = UnitState(
-            name=d.unit, load_state="loaded", active_state=d.active_state or "inactive", sub_state="dead",
+            name=d.unit, load_state="loaded", active_state=active, sub_state="dead",
             result=result, invocation_id=d.invocation_id or "", description="", documentation=(),
             active_enter_monotonic_us=0, inactive_enter_monotonic_us=0, runtime_max_us=0, timeout_stop_us=0,
             control_group="", memory_current=None, cpu_usage_ns=None, controller="")
@@ -655,6 +674,10 @@ class Supervisor:
         if d.active_state in ("inactive", "failed"):
             self._finish_ended(d)
             return
+        if not self._watch_cgroup_empty(d):
+            self._finish_ended(d)  # empty or gone already: the manager's state is (about to be) final
+            if d.result is not None:
+                return
         procs = procs_in(d.cgroup_dir) if d.cgroup_dir is not None else None
         if procs is None:
             try:
@@ -673,6 +696,35 @@ class Supervisor:
                 log.warning("StopUnit(%s): %s", d.unit, e)
         # The unit's end arrives as a signal; re-check after the grace in case it was lost.
         d.recheck_deadline = time.monotonic() + d.grace + 1.0
+
+    def _watch_cgroup_empty(self, d: Dispatch) -> bool:
+        """Watch the scope's cgroup.events: the kernel notifies `populated 0` when its last process is gone;
+        the manager's state is final within a millisecond, several ms before its PropertiesChanged signal
+        reaches us. False if the cgroup is empty or gone already (then ask the manager now)."""
+        if d.cgroup_watch is not None or d.cgroup_dir is None:
+            return True
+        events = d.cgroup_dir / "cgroup.events"
+        try:
+            d.cgroup_watch = Inotify(events, IN_MODIFY)
+        except FileNotFoundError:
+            return False
+        except OSError as e:  # e.g. out of inotify watches: the manager's signal still tells us
+            log.debug("%s: no inotify watch on %s (%s)", d.unit, events, e)
+            return True
+        self._selector.register(d.cgroup_watch.fd, selectors.EVENT_READ, ("cgroup", d))
+        return _cgroup_populated(events)  # it may have emptied before the watch existed
+
+    def _drop_cgroup_watch(self, d: Dispatch) -> None:
+        if d.cgroup_watch is not None:
+            self._selector.unregister(d.cgroup_watch.fd)
+            d.cgroup_watch.close()
+            d.cgroup_watch = None
+
+    def _on_cgroup_event(self, d: Dispatch) -> None:
+        assert d.cgroup_watch is not None and d.cgroup_dir is not None
+        d.cgroup_watch.drain()
+        if d.result is None and d.main_exited and not _cgroup_populated(d.cgroup_dir / "cgroup.events"):
+            self._finish_ended(d)  # usually final already; if not, its signal finishes the dispatch
 
     def _run_timers(self, now: float) -> None:
         for d in list(self._live.values()):
@@ -710,6 +762,7 @@ class Supervisor:
             return
         st = d.unit_final
         self._live.pop(d.path, None)
+        self._drop_cgroup_watch(d)
         d.recheck_deadline = None
         self._release_unit(d.unit)
         d.result = self._result(d, st)

@@ -41,8 +41,8 @@ class NullBus:
     def unit_processes(self, name: str) -> list[int]:
         return []
 
-    def unit_result(self, name: str) -> str:
-        return "success"
+    def unit_outcome(self, name: str) -> tuple[str, str, str]:
+        return "inactive", "success", "ab" * 16
 
     def stop_unit(self, name: str) -> None: ...
 

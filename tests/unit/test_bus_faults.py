@@ -280,7 +280,7 @@ class DownBus(NullBus):
     def unit_processes(self, name: str) -> list[int]:
         return [4242]
 
-    def unit_result(self, name: str) -> str:
+    def unit_outcome(self, name: str) -> tuple[str, str, str]:
         raise TransientBusError("not connected to the user bus", disconnected=True)
 
     def drain(self) -> list[BusEvent]:

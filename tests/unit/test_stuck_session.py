@@ -43,8 +43,8 @@ class ScopeEndsBus(NullBus):
     def unit_state(self, name: str) -> UnitState:
         return fake_unit_state(name, active_state=self.state, result="timeout")
 
-    def unit_result(self, name: str) -> str:
-        return "timeout"
+    def unit_outcome(self, name: str) -> tuple[str, str, str]:
+        return self.state, "timeout", "ab" * 16
 
     def drain(self) -> list[BusEvent]:
         try:
