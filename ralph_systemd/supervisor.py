@@ -648,7 +648,8 @@ class Supervisor:
         os.close(pidfd)
 
     def _reap(self, d: Dispatch) -> None:
-        assert d.child is not None and d.pid is not None
+        if d.child is None or d.pid is None or d.main_exited or d.child.pidfd < 0:
+            return  # a stale event: handled (or detached) earlier in the same select() batch
         try:
             pid, status = os.waitpid(d.pid, os.WNOHANG)
         except ChildProcessError:
@@ -721,7 +722,8 @@ class Supervisor:
             d.cgroup_watch = None
 
     def _on_cgroup_event(self, d: Dispatch) -> None:
-        assert d.cgroup_watch is not None and d.cgroup_dir is not None
+        if d.cgroup_watch is None or d.cgroup_dir is None:
+            return  # finished earlier in the same select() batch; its watch is gone
         d.cgroup_watch.drain()
         if d.result is None and d.main_exited and not _cgroup_populated(d.cgroup_dir / "cgroup.events"):
             self._finish_ended(d)  # usually final already; if not, its signal finishes the dispatch
