@@ -13,7 +13,8 @@ from ralph_systemd.bus import NoUserBusError
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DispatchSpec
-from ralph_systemd.supervisor import Dispatch, Supervisor
+from ralph_systemd.dispatch import Dispatch
+from ralph_systemd.supervisor import Supervisor
 
 __version__ = "0.1.0"
 __all__ = ["BusError", "Dispatch", "DispatchResult", "DispatchSpec", "NoUserBusError", "Status", "Supervisor",

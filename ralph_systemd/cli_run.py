@@ -17,7 +17,8 @@ from ralph_systemd.durations import format_duration
 from ralph_systemd.result import DispatchResult
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DispatchSpec
-from ralph_systemd.supervisor import Dispatch, Supervisor
+from ralph_systemd.dispatch import Dispatch
+from ralph_systemd.supervisor import Supervisor
 
 EXIT_LAUNCH_FAILED = 125
 PROGRESS_REFRESH_S = 1.0

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.spec import DispatchSpec, default_log_dir
-from ralph_systemd.supervisor import Dispatch, Supervisor
+from ralph_systemd.dispatch import Dispatch
+from ralph_systemd.supervisor import Supervisor
 
 STATUS_SHOW_AT_S = 2.5  # when to show `systemctl --user status` of the hanging ticket
 

@@ -8,7 +8,6 @@ unit's state, and once it has ended we copy what is left and return. No timer, n
 
 from __future__ import annotations
 
-import os
 import selectors
 from typing import BinaryIO
 

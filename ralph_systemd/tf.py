@@ -87,7 +87,8 @@ from ralph_systemd.result import DispatchResult as NativeResult
 from ralph_systemd.result import Status
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DEFAULT_SLICE, DispatchSpec
-from ralph_systemd.supervisor import Dispatch, Supervisor
+from ralph_systemd.dispatch import Dispatch
+from ralph_systemd.supervisor import Supervisor
 
 log = logging.getLogger("ralph_systemd.tf")
 
