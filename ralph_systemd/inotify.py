@@ -15,7 +15,6 @@ import struct
 IN_MODIFY = 0x002
 IN_CLOSE_WRITE = 0x008
 IN_DELETE_SELF = 0x400
-IN_IGNORED = 0x8000  # the watch is gone: its inode was deleted (or the watch removed)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 

@@ -32,9 +32,6 @@ class Termination(enum.StrEnum):
     UNKNOWN = "unknown"  # not observed (re-attached dispatch)
 
 
-FINAL_STATUSES = frozenset(Status) - {Status.RUNNING}
-
-
 @dataclass(frozen=True)
 class DispatchResult:
     ticket: str

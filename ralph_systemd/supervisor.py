@@ -536,12 +536,16 @@ class Supervisor:
             return Status.TIMEOUT
         return Status.STOPPED
 
+    def _recheck_soon(self, d: Dispatch, e: BusError) -> None:
+        """A state read failed (retries spent): look again in a second; the loop's timer brings us back."""
+        log.warning("%s: cannot read its state (%s); will re-check", d.unit, e)
+        d.recheck_deadline = time.monotonic() + 1.0
+
     def _check_unit(self, d: Dispatch) -> None:
         try:
             st = self.bus.unit_state(d.unit)
         except BusError as e:
-            log.warning("%s: cannot read its state (%s); will retry", d.unit, e)
-            d.recheck_deadline = time.monotonic() + 1.0
+            self._recheck_soon(d, e)
             return
         if d.invocation_id is None and st.invocation_id:
             d.invocation_id = st.invocation_id
@@ -624,8 +628,7 @@ class Supervisor:
             try:
                 procs = self.bus.unit_processes(d.unit)
             except BusError as e:
-                log.warning("%s: %s; will re-check", d.unit, e)
-                d.recheck_deadline = time.monotonic() + 1.0
+                self._recheck_soon(d, e)
                 return
         if procs:
             d.leftovers = max(d.leftovers, len(procs))

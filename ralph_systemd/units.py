@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ralph_systemd.bus import SystemdBus
 
 
 def shipped_units() -> dict[str, bytes]:
@@ -64,7 +63,3 @@ def install_units(dest: Path) -> list[Installed]:
         out.append(Installed(path, True))
     return out
 
-
-def reload_manager(bus: SystemdBus) -> None:
-    """Make the user manager read the new unit files (daemon-reload over D-Bus)."""
-    bus.reload()
