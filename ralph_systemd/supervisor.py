@@ -110,6 +110,15 @@ class Supervisor:
                     d.child.close_all()
                 if d.cgroup_watch is not None:
                     d.cgroup_watch.close()
+            for pidfd in self._orphans:
+                os.close(pidfd)
+            if self._signal_r is not None:  # handle_signals() was used: undo its wake-up fd
+                if signal.set_wakeup_fd(-1) != self._signal_w:
+                    signal.set_wakeup_fd(self._signal_w)  # it was not ours any more: leave it as it was
+                else:
+                    os.close(self._signal_r)
+                    os.close(self._signal_w)
+                    self._signal_r = None
             self._selector.close()
             self.bus.close()
             self._closed = True
