@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -30,6 +31,12 @@ UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SCOPE_IFACE = b"org.freedesktop.systemd1.Scope"
 PROPS_IFACE = b"org.freedesktop.DBus.Properties"
 UNIT_PATH_PREFIX = b"/org/freedesktop/systemd1/unit"
+NO_LIMIT = 2**64 - 1  # systemd's "infinity" / "not available" for a uint64 property
+
+
+def monotonic_us() -> int:
+    """CLOCK_MONOTONIC in microseconds: the clock of systemd's *TimestampMonotonic properties."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 class NoUserBusError(BusError):
@@ -79,6 +86,7 @@ class UnitState:
     memory_current: int | None
     cpu_usage_ns: int | None
     controller: str
+    refs: tuple[str, ...] = ()  # bus names holding a ref on the unit (Unit.Ref / AddRef)
 
     @property
     def exists(self) -> bool:
@@ -144,7 +152,7 @@ def _s(value: Any) -> str:
 
 def _opt_int(value: Any) -> int | None:
     # systemd reports "not available" as UINT64_MAX
-    return None if value is None or value == 2**64 - 1 else int(value)
+    return None if value is None or value == NO_LIMIT else int(value)
 
 
 def _map_error(exc: Exception, what: str) -> BusError:
@@ -341,12 +349,13 @@ class PystemdUserBus:
             documentation=tuple(_s(d) for d in u.get(b"Documentation", []) or []),
             active_enter_monotonic_us=int(u.get(b"ActiveEnterTimestampMonotonic", 0)),
             inactive_enter_monotonic_us=int(u.get(b"InactiveEnterTimestampMonotonic", 0)),
-            runtime_max_us=int(sc.get(b"RuntimeMaxUSec", 2**64 - 1)),
+            runtime_max_us=int(sc.get(b"RuntimeMaxUSec", NO_LIMIT)),
             timeout_stop_us=int(sc.get(b"TimeoutStopUSec", 0)),
             control_group=_s(sc.get(b"ControlGroup", b"")),
             memory_current=_opt_int(sc.get(b"MemoryCurrent")),
             cpu_usage_ns=_opt_int(sc.get(b"CPUUsageNSec")),
             controller=_s(sc.get(b"Controller", b"")),
+            refs=tuple(_s(r) for r in u.get(b"Refs", []) or []),
         )
 
     def unit_outcome(self, name: str) -> tuple[str, str, str]:

@@ -63,9 +63,12 @@ class DispatchResult:
             return f"SIG{self.signal}"
 
     def exit_status_for_shell(self) -> int:
-        """The documented CLI exit code: session's code, 124 timeout, 125 launch error, 128+N signal."""
+        """The documented CLI exit code: session's code, 124 timeout, 125 launch error, 143 stopped, 128+N
+        signal. A stopped dispatch never exits 0, whatever its session returned (`cat` exits 0 on EOF)."""
         if self.status in (Status.TIMEOUT, Status.IDLE_TIMEOUT):
             return 124
+        if self.status is Status.STOPPED:
+            return 128 + _signal.SIGTERM
         if self.status is Status.ERROR:
             return 125
         if self.signal is not None:
