@@ -7,6 +7,7 @@ bus reconnects, re-subscribes and re-takes its unit refs before the retry.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -30,6 +31,9 @@ MANAGER_IFACE = b"org.freedesktop.systemd1.Manager"
 UNIT_IFACE = b"org.freedesktop.systemd1.Unit"
 SCOPE_IFACE = b"org.freedesktop.systemd1.Scope"
 PROPS_IFACE = b"org.freedesktop.DBus.Properties"
+DBUS_NAME = b"org.freedesktop.DBus"
+DBUS_PATH = b"/org/freedesktop/DBus"
+DBUS_IFACE = b"org.freedesktop.DBus"
 UNIT_PATH_PREFIX = b"/org/freedesktop/systemd1/unit"
 NO_LIMIT = 2**64 - 1  # systemd's "infinity" / "not available" for a uint64 property
 
@@ -177,6 +181,29 @@ def _map_error(exc: Exception, what: str) -> BusError:
     return BusError(text, name or None)
 
 
+def _operation(iface: bytes, method: bytes, path: bytes, args: list[Any]) -> str:
+    """A readable name for a call in log lines: `Manager.StopUnit(ralph-x.scope)`, `Properties.GetAll(ralph-x.scope)`."""
+    what = f"{iface.decode().rsplit('.', 1)[-1]}.{method.decode()}"
+    target: Any = None
+    if path.startswith(UNIT_PATH_PREFIX + b"/"):
+        target = path[len(UNIT_PATH_PREFIX) + 1:]
+    elif args and isinstance(args[0], bytes):
+        target = args[0]
+    return f"{what}({_s(target)})" if target else what
+
+
+def _open_failure(e: Exception) -> str:
+    """Why the user bus could not be opened, as one line with the fix."""
+    err = getattr(e, "errno", None)
+    code = abs(err) if isinstance(err, int) else None
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"permission denied on the user bus: it belongs to another user ({describe_bus_environment()}). "
+                "Run as that user, or point XDG_RUNTIME_DIR at your own /run/user/$(id -u) and unset "
+                "DBUS_SESSION_BUS_ADDRESS")
+    reason = os.strerror(code) if code else (_s(getattr(e, "err_message", "") or "") or type(e).__name__)
+    return f"cannot connect to the user bus ({reason}; {describe_bus_environment()}). {NO_USER_BUS_HINT}"
+
+
 def describe_bus_environment() -> str:
     return (f"XDG_RUNTIME_DIR={os.environ.get('XDG_RUNTIME_DIR')!r}, "
             f"DBUS_SESSION_BUS_ADDRESS={os.environ.get('DBUS_SESSION_BUS_ADDRESS')!r}")
@@ -195,8 +222,9 @@ class PystemdUserBus:
 
     def __init__(self, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> None:
         self._retry_budget_s = retry_budget_s
-        self._events: list[BusEvent] = []
+        self._events: list[tuple[str, BusEvent]] = []  # (sender, event) until drain() checks the sender
         self._refs: set[str] = set()
+        self._manager_name = ""
         self._bus: Any = None
         self._connect()
 
@@ -209,19 +237,24 @@ class PystemdUserBus:
         try:
             bus.open()
         except Exception as e:
-            raise NoUserBusError(f"cannot connect to the user bus ({e}; {describe_bus_environment()}). "
-                                 f"{NO_USER_BUS_HINT}") from None
+            raise NoUserBusError(_open_failure(e)) from None
         self._bus = bus
         try:
             self._raw_call(MANAGER_IFACE, MANAGER_PATH, b"Subscribe", b"", [])
+            self._manager_name = self._name_owner()
         except BusError as e:
             self._close_quietly()
             if e.dbus_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
                                "org.freedesktop.DBus.Error.NameHasNoOwner"):
                 raise NoUserBusError(f"the user bus has no systemd user manager on it ({e}; "
                                      f"{describe_bus_environment()}). {NO_USER_BUS_HINT}") from None
+            if e.dbus_name == "org.freedesktop.DBus.Error.AccessDenied":
+                raise NoUserBusError(f"the user manager on this bus refused us ({e}): the bus belongs to another "
+                                     f"user ({describe_bus_environment()}); run as that user, or point "
+                                     "XDG_RUNTIME_DIR at your own /run/user/$(id -u)") from None
             raise
-        # All signals we route on; the daemon filters, our callback just queues them.
+        # All signals we route on; the daemon filters, our callback just queues them, and drain() keeps only
+        # those the manager itself sent (any process of the user can address a signal to our connection).
         # pystemd stores attributes on the callback and keeps only a borrowed pointer to it: it must be a
         # plain function, and we must keep it alive as long as the connection.
         def on_signal(msg: Any, error: Any = None, userdata: Any = None) -> None:
@@ -230,13 +263,17 @@ class PystemdUserBus:
         self._callback = on_signal
         for iface, member in ((MANAGER_IFACE, b"JobRemoved"), (MANAGER_IFACE, b"UnitRemoved"),
                               (PROPS_IFACE, b"PropertiesChanged"), (SCOPE_IFACE, b"RequestStop")):
-            bus.match_signal(SYSTEMD if member != b"RequestStop" else None, None, iface, member, on_signal)
+            bus.match_signal(SYSTEMD, None, iface, member, on_signal)
         self._unique_name = _s(bus.get_unique_name())
         for name in list(self._refs):
             try:
                 self._raw_call(UNIT_IFACE, unit_path(name).encode(), b"Ref", b"", [])
             except BusError as e:
                 log.warning("could not re-take the ref on %s after reconnecting: %s", name, e)
+
+    def _name_owner(self) -> str:
+        """The manager's unique bus name (it changes when the manager re-executes)."""
+        return _s(self._raw_call(DBUS_IFACE, DBUS_PATH, b"GetNameOwner", b"s", [SYSTEMD], destination=DBUS_NAME))
 
     def _close_quietly(self) -> None:
         if self._bus is not None:
@@ -269,14 +306,15 @@ class PystemdUserBus:
 
     # -- calls --------------------------------------------------------------------------------------------
 
-    def _raw_call(self, iface: bytes, path: bytes, method: bytes, signature: bytes, args: list[Any]) -> Any:
+    def _raw_call(self, iface: bytes, path: bytes, method: bytes, signature: bytes, args: list[Any], *,
+                  destination: bytes = SYSTEMD) -> Any:
         from pystemd.dbuslib import apply_signature
 
         if self._bus is None:
             raise TransientBusError("not connected to the user bus", disconnected=True)
         try:
             compiled = apply_signature(signature, args) if signature else []
-            return self._bus.call_method(SYSTEMD, path, iface, method, compiled).body
+            return self._bus.call_method(destination, path, iface, method, compiled).body
         except BusError:
             raise
         except Exception as e:
@@ -284,7 +322,8 @@ class PystemdUserBus:
 
     def _call(self, iface: bytes, path: bytes, method: bytes, signature: bytes, args: list[Any]) -> Any:
         return call_with_retry(lambda: self._raw_call(iface, path, method, signature, args),
-                               self._retry_budget_s, self._reconnect)
+                               self._retry_budget_s, self._reconnect,
+                               operation=_operation(iface, method, path, args))
 
     def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
         """StartTransientUnit; returns the job path, or "" when the job is not known (see below)."""
@@ -318,7 +357,7 @@ class PystemdUserBus:
             raise err
 
         first_connection = self._unique_name
-        job = call_with_retry(call, self._retry_budget_s, self._reconnect)
+        job = call_with_retry(call, self._retry_budget_s, self._reconnect, operation=f"StartTransientUnit({name})")
         self._refs.add(name)  # AddRef=true is among the properties: we hold a ref from now on
         return _s(job)
 
@@ -419,9 +458,11 @@ class PystemdUserBus:
             msg.process_reply(True)
             member = _s(msg.headers.get("Member") or b"")
             path = _s(msg.headers.get("Path") or b"")
+            sender = _s(msg.headers.get("Sender") or b"")
             body = msg.body
+            ev: BusEvent | None = None
             if member == "JobRemoved":
-                self._events.append(BusEvent("job-removed", _s(body[1]), unit=_s(body[2]), result=_s(body[3])))
+                ev = BusEvent("job-removed", _s(body[1]), unit=_s(body[2]), result=_s(body[3]))
             elif member == "PropertiesChanged":
                 if path.startswith(UNIT_PATH_PREFIX.decode() + "/"):
                     changes = {}
@@ -431,13 +472,33 @@ class PystemdUserBus:
                             changes[k] = bytes(value).hex()
                         else:
                             changes[k] = _s(value) if isinstance(value, bytes) else value
-                    self._events.append(BusEvent("unit-changed", path, interface=_s(body[0]), changes=changes))
+                    ev = BusEvent("unit-changed", path, interface=_s(body[0]), changes=changes)
             elif member == "RequestStop":
-                self._events.append(BusEvent("request-stop", path))
+                ev = BusEvent("request-stop", path)
             elif member == "UnitRemoved":
-                self._events.append(BusEvent("unit-removed", _s(body[1]), unit=_s(body[0])))
+                ev = BusEvent("unit-removed", _s(body[1]), unit=_s(body[0]))
+            if ev is not None:
+                self._events.append((sender, ev))
         except Exception as e:  # pragma: no cover - defensive
             log.error("could not decode a D-Bus signal: %s", e)
+
+    def _from_manager(self, queued: list[tuple[str, BusEvent]]) -> list[BusEvent]:
+        """The events the manager sent; others (any process of the user can address a signal to us, e.g. a
+        forged RequestStop) are dropped. An unknown sender makes us ask once who the manager is now: its
+        unique name changes when it re-executes."""
+        if any(sender != self._manager_name for sender, _ in queued):
+            try:
+                self._manager_name = self._name_owner()
+            except BusError as e:
+                log.debug("GetNameOwner(%s): %s", SYSTEMD.decode(), e)
+        out = []
+        for sender, ev in queued:
+            if sender == self._manager_name:
+                out.append(ev)
+            else:
+                log.warning("ignored a %s signal for %s from %s, which is not the systemd user manager (%s)",
+                            ev.kind, ev.unit or ev.path, sender or "an unknown sender", self._manager_name)
+        return out
 
     def drain(self) -> list[BusEvent]:
         """Process everything the bus has queued; return the signals seen, in order.
@@ -462,5 +523,5 @@ class PystemdUserBus:
             idle = idle + 1 if len(self._events) == before else 0
             if idle >= 3:
                 break
-        events, self._events = self._events, []
-        return events
+        queued, self._events = self._events, []
+        return self._from_manager(queued) if queued else []

@@ -40,3 +40,20 @@ def procs_in(cgroup_dir: Path) -> list[int] | None:
     except (OSError, ValueError):
         return None
     return pids
+
+
+def cgroup_populated(events: Path) -> bool:
+    """False once the cgroup (its cgroup.events file) has no process left, or is gone."""
+    try:
+        return "populated 1" in events.read_text()
+    except OSError:
+        return False
+
+
+def proc_state(pid: int) -> str | None:
+    """The process state letter (R, S, D, T, ...) from /proc, or None if it is gone or a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if state in ("Z", "X") else state

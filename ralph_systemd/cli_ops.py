@@ -126,12 +126,12 @@ def cmd_stop(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.all == (args.target is not None):
         raise CliError("give one TICKET or UNIT to stop, or --all (not both)", EXIT_USAGE)
     unit = None if args.all else _unit_of(args.target)
+    if unit is not None and _with_bus(lambda bus: dispatch_info(bus, unit) is None):
+        raise _no_such(args.target, unit)
     with Supervisor() as sup:
         if unit is None:
             dispatches = sup.attach_all()
         else:
-            if dispatch_info(sup.bus, unit) is None:
-                raise _no_such(args.target, unit)
             try:
                 dispatches = [sup.attach(unit)]
             except LookupError:

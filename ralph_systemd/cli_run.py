@@ -161,11 +161,6 @@ def _json(r: DispatchResult) -> dict[str, Any]:
 
 def _detached(sup: Supervisor, d: Dispatch) -> dict[str, Any]:
     inv = d.invocation_id
-    if inv is None:
-        try:
-            inv = sup.bus.unit_state(d.unit).invocation_id or None
-        except BusError:
-            inv = None
     return {"ticket": d.ticket, "session": d.session, "unit": d.unit, "invocation_id": inv, "status": "running",
             "pid": d.pid, "log_path": d.log_path, "timeout_s": d.spec.timeout if d.spec else None}
 

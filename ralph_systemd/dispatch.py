@@ -1,68 +1,149 @@
-"""Dispatch: one session in its scope, as the Supervisor follows it (its state, deadlines, and result)."""
+"""Dispatch: one session in its scope, with its state and every transition it can make.
+
+A Dispatch is driven by the loop that owns it (the Supervisor's loop thread, or a test's script): the
+loop routes events to it (`on_job_removed`, `on_request_stop`, `on_unit_changed`, `on_unit_removed`,
+readable fds through the callbacks it registered) and asks `next_deadline()` / `fire_timers(now)` for its
+timers; every state change happens in a method here (the model is supervisord's `transition()`).
+
+Life: STARTING (forked, scope requested, gate closed) -> RUNNING (exec'ed inside its scope) -> DONE
+(`result` set). Completion = the main process has exited (pidfd, reaped at once) AND the manager says the
+scope has ended (asked as soon as the kernel reports the cgroup empty; its PropertiesChanged signal is the
+fallback). The kill ladder (EOF, SIGTERM, then systemd's SIGKILL at the end of the grace) starts when the
+manager sends RequestStop (we are the scope's Controller), or when StopUnit cannot be sent.
+"""
 
 from __future__ import annotations
 
+import enum
+import logging
+import os
+import signal
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ralph_systemd.bus import UnitState, unit_path
-from ralph_systemd.inotify import Inotify
+from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
+from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
+from ralph_systemd.inotify import IN_MODIFY, Inotify
+from ralph_systemd.launch import Launch, LaunchError
 from ralph_systemd.result import DispatchResult, Status, Termination
+from ralph_systemd.retry import BusError
+from ralph_systemd.scope import facts_from_unit
 from ralph_systemd.spawn import GatedChild
 from ralph_systemd.spec import DispatchSpec
+from ralph_systemd.verdict import Facts, decide
 
-if TYPE_CHECKING:
-    from ralph_systemd.supervisor import Supervisor
+log = logging.getLogger("ralph_systemd")
+
+JOB_WAIT_S = 30.0  # a scope's start job takes milliseconds; this only bounds a wedged manager
+STUCK_AFTER_S = 2.0  # after the scope ended, how long our child may take to exit before we call it stuck
+TIMEOUT_SLACK_S = 0.2  # a stop this close to RuntimeMaxSec is the wall timeout firing
+RECHECK_S = 1.0  # how soon to look at the unit again when a read failed or a signal may have been lost
+ENDED = ("inactive", "failed")
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"  # forked and gated; the scope is being created
+    RUNNING = "running"  # the session exec'ed inside its scope
+    DONE = "done"  # `result` is set (finished, failed to launch, or detached)
+
+
+class DispatchHost(Protocol):
+    """What a Dispatch needs from the loop that drives it."""
+
+    @property
+    def bus(self) -> SystemdBus: ...
+
+    def now(self) -> float: ...
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: int) -> None: ...
+
+    def adopt_orphan(self, pidfd: int, pid: int) -> None:
+        """Take over a pidfd of a main process that outlived its scope: reap it whenever it exits."""
+
+    def changed(self, d: Dispatch) -> None:
+        """d changed phase (running, or done): wake whoever waits on it; drop it from routing when done."""
+
+    def lifecycle(self, d: Dispatch, event: str, message: str, fields: Mapping[str, object]) -> None:
+        """One line of d's life for operators (log and journal)."""
+
+
+class DispatchOwner(Protocol):
+    """The public side the context manager uses (the Supervisor)."""
+
+    def stop(self, d: Dispatch, reason: Status = Status.STOPPED) -> None: ...
+
+    def wait(self, d: Dispatch, timeout: float | None = None) -> DispatchResult: ...
 
 
 class Dispatch:
     """One session in its scope. Get its result from Supervisor.wait(); use it as a context manager to
     make sure it is stopped (with the ladder) and released if the block raises."""
 
-    def __init__(self, supervisor: Supervisor, *, ticket: str, session: str | None, unit: str,
-                 log_path: str | None, spec: DispatchSpec | None) -> None:
-        self.supervisor = supervisor
+    def __init__(self, host: DispatchHost, owner: DispatchOwner, *, ticket: str, session: str | None, unit: str,
+                 spec: DispatchSpec | None, log_path: str | None = None, attached: bool = False) -> None:
+        self._host = host
+        self._owner = owner
         self.spec = spec
         self.ticket = ticket
         self.session = session
         self.unit = unit
         self.path = unit_path(unit)
         self.log_path = log_path
-        self.child: GatedChild | None = None
+        self.attached = attached  # re-attached: not our child, its exit code is not ours to see
+        self.phase = Phase.STARTING
         self.pid: int | None = None
         self.invocation_id: str | None = None
-        self.started = time.monotonic()
-        self.attached = False  # re-attached: not our child, its exit code is not ours to see
-        self.exit_code: int | None = None
-        self.exit_signal: int | None = None
-        self.main_exited = False
-        self.main_exit_step: Termination | None = None
-        self.active_state: str | None = None  # as last reported by the manager's signals
-        self.cgroup_dir: Path | None = None
-        self.cgroup_watch: Inotify | None = None  # on the scope's cgroup.events, once the main process has exited
-        self.unit_final: UnitState | None = None
-        self.stop_reason: Status | None = None
-        self.step = Termination.NATURAL  # how far the ladder has gone
-        self.term_deadline: float | None = None
-        self.idle_deadline: float | None = None
-        self.recheck_deadline: float | None = None
-        self.stuck_deadline: float | None = None
-        self.stuck = False  # the main process outlived its scope (unkillable): see Supervisor._finish_stuck
-        self.error: str | None = None
-        self.leftovers = 0
+        self.started = host.now()
         self.result: DispatchResult | None = None
         self.grace = spec.grace if spec else 0.0
         self.eof_grace = (spec.eof_grace or 0.0) if spec else 0.0
         self.idle_timeout = spec.idle_timeout if spec else None
+        self.runtime_max_s = spec.timeout if spec else None
+        # the launch
+        self._launch: Launch | None = None
+        self._job: str | None = None
+        self._exec_fd: int | None = None
+        self._start_deadline: float | None = None
+        # the main process
+        self.child: GatedChild | None = None
+        self.exit_code: int | None = None
+        self.exit_signal: int | None = None
+        self.main_exited = False
+        self.main_exit_step: Termination | None = None
+        self.stuck = False
+        # the scope
+        self.active_state: str | None = None  # as last reported by the manager
+        self._unit_result: str | None = None  # the scope's Result, once it has ended
+        self._unit_gone = False  # the unit was not found when we looked (garbage-collected)
+        self._holds_ref = False
+        self.cgroup_dir: Path | None = None
+        self._cgroup_watch: Inotify | None = None
+        # the ladder
+        self.stop_reason: Status | None = None
+        self.step = Termination.NATURAL  # how far the ladder has gone
+        self._ladder_pending = False  # RequestStop came while starting: run the ladder once it runs
+        self.leftovers = 0
+        self._others_at_stop = 0  # processes besides the main one at the last ladder step
+        self.error: str | None = None
+        # timers
+        self._term_deadline: float | None = None
+        self._idle_deadline: float | None = None
+        self._recheck_deadline: float | None = None
+        self._stuck_deadline: float | None = None
+
+    # -- reading ------------------------------------------------------------------------------------------
 
     @property
     def done(self) -> bool:
         return self.result is not None
 
     def __repr__(self) -> str:
-        state = self.result.status if self.result else "running"
+        state = self.result.status if self.result else self.phase.value
         return f"<Dispatch {self.unit} session={self.session} pid={self.pid} {state}>"
 
     def __enter__(self) -> Dispatch:
@@ -71,10 +152,499 @@ class Dispatch:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         if self.result is None:
             if et is not None:
-                self.supervisor.stop(self)
-            self.supervisor.wait(self)
+                self._owner.stop(self)
+            self._owner.wait(self)
 
-    def _next_deadline(self) -> float | None:
-        ds = [d for d in (self.term_deadline, self.idle_deadline, self.recheck_deadline, self.stuck_deadline)
-              if d is not None]
+    def _fields(self, **extra: object) -> dict[str, object]:
+        return {"ticket": self.ticket, "session": self.session, "unit": self.unit, **extra}
+
+    def _say(self, event: str, message: str, **extra: object) -> None:
+        self._host.lifecycle(self, event, message, self._fields(**extra))
+
+    # -- launch -------------------------------------------------------------------------------------------
+
+    def start_launch(self) -> None:
+        """Create the log, fork the gated child, ask for the scope. Failures end the dispatch as ERROR with
+        nothing left behind."""
+        assert self.spec is not None and self.phase is Phase.STARTING
+        spec = self.spec
+        self._launch = Launch(spec, self._host.bus)
+        try:
+            job = self._launch.start()
+        except LaunchError as e:
+            self._fail(str(e))
+            return
+        except UnitExistsError:
+            self._fail(self._unit_exists_message())
+            return
+        except BusError as e:
+            self._fail(f"could not create scope {self.unit}: {e}")
+            return
+        assert self._launch.child is not None
+        self.pid = self._launch.child.pid
+        self.log_path = self._launch.log_path
+        self._holds_ref = True
+        self._job = job
+        now = self._host.now()
+        self._start_deadline = now + JOB_WAIT_S
+        # JobRemoved can be lost across a manager re-exec, and "" means the reply was: look at the unit then.
+        self._recheck_deadline = now if not job else now + RECHECK_S
+
+    def on_job_removed(self, job: str, result: str) -> None:
+        """The manager finished a job; ours is the scope's start job."""
+        if self.phase is not Phase.STARTING or self._launch is None or job != self._job or self._exec_fd is not None:
+            return
+        if result != "done":
+            self._fail(f"could not start scope {self.unit}: its start job ended with result {result!r}")
+            return
+        self._open_gate()
+
+    def _open_gate(self) -> None:
+        assert self._launch is not None
+        self._recheck_deadline = None
+        self._exec_fd = self._launch.open_gate()
+        self._host.add_reader(self._exec_fd, self._on_exec_report)
+
+    def _on_exec_report(self) -> None:
+        assert self._launch is not None and self._exec_fd is not None and self.spec is not None
+        self._host.remove_reader(self._exec_fd)
+        self._exec_fd = None
+        why = self._launch.exec_failure()
+        if why is not None:
+            self._fail(f"{self.spec.argv[0]!r} did not start: {why}")
+            return
+        self.child = self._launch.commit()
+        self._launch = None
+        self._start_deadline = None
+        self.phase = Phase.RUNNING
+        now = self._host.now()
+        self.cgroup_dir = cgroup_dir_of(self.child.pid)  # the scope's cgroup: the child is in it now
+        self._host.add_reader(self.child.pidfd, self.on_pidfd_ready)
+        if self.idle_timeout is not None:
+            self._idle_deadline = now + self.idle_timeout
+        spec = self.spec
+        self._say("launched", f"launched {spec.describe()} (log {self.log_path}, timeout "
+                  f"{_secs(spec.timeout)}, idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
+                  pid=self.pid, log=self.log_path, timeout_s=spec.timeout)
+        self._host.changed(self)
+        if self._ladder_pending:
+            self._ladder_pending = False
+            self._ladder_start()
+
+    def refuse_duplicate(self) -> None:
+        """Another live dispatch of ours has this unit (the same ticket): fail before asking the manager."""
+        self._fail(self._unit_exists_message())
+
+    def _unit_exists_message(self) -> str:
+        assert self.spec is not None
+        other = ""
+        try:
+            st = self._host.bus.unit_state(self.unit)
+            facts = facts_from_unit(self.unit, st.description, st.documentation)
+            if facts and facts.session:
+                other = f" (session {facts.session}, {st.active_state})"
+        except BusError:
+            pass
+        return (f"ticket {self.ticket!r} already has a live dispatch: unit {self.unit}{other}. One dispatch per "
+                f"ticket: wait for it, or stop it with `ralph-systemd stop {self.ticket}`")
+
+    # -- attach -------------------------------------------------------------------------------------------
+
+    def adopt(self, *, invocation_id: str, grace: float, runtime_max_s: float | None, age_s: float,
+              pid: int | None) -> None:
+        """Follow a live scope launched by someone else (we hold a ref on it already)."""
+        self.phase = Phase.RUNNING
+        self._holds_ref = True
+        self.invocation_id = invocation_id or None
+        self.grace = grace
+        self.runtime_max_s = runtime_max_s
+        self.started = self._host.now() - age_s
+        self.main_exited = True  # nothing of ours to wait for: the unit's end is the end
+        self.pid = pid
+
+    # -- stop ---------------------------------------------------------------------------------------------
+
+    def request_stop(self, reason: Status) -> None:
+        """Stop with the ladder, through systemd: its RequestStop brings us back to on_request_stop, and
+        it SIGKILLs what is left at the end of the grace. If StopUnit cannot be sent we run the ladder."""
+        if self.phase is Phase.DONE:
+            return
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._say("stop-requested", f"stop requested ({self.stop_reason}): EOF, then SIGTERM, then SIGKILL "
+                  f"after {_secs(self.grace)}", reason=str(self.stop_reason))
+        try:
+            self._host.bus.stop_unit(self.unit)
+        except BusError as e:
+            log.warning("%s: StopUnit failed (%s); stopping the session ourselves", self.unit, e)
+            self._ladder_start()
+
+    def on_request_stop(self) -> None:
+        """The manager asks us, the scope's Controller, to stop it (RuntimeMaxSec, anyone's stop)."""
+        if self.phase is Phase.DONE:
+            return
+        if self.stop_reason is None:
+            self.stop_reason = self._why_stopped()
+            self._say("stop-requested", f"systemd stops the scope ({self.stop_reason}): EOF, then SIGTERM, then "
+                      f"SIGKILL after {_secs(self.grace)}", reason=str(self.stop_reason))
+        if self.phase is Phase.STARTING:
+            self._ladder_pending = True  # the session is about to exec: the ladder starts the moment it has
+            return
+        self._ladder_start()
+
+    def _why_stopped(self) -> Status:
+        """A stop we did not ask for: the wall timeout if RuntimeMaxSec is due, else someone's stop."""
+        if self.runtime_max_s is not None and \
+                self._host.now() - self.started >= self.runtime_max_s - TIMEOUT_SLACK_S:
+            return Status.TIMEOUT
+        return Status.STOPPED
+
+    def _ladder_start(self) -> None:
+        if self.child is not None and not self.main_exited:
+            if self.step is Termination.NATURAL:
+                self._count_others()
+                self.child.close_stdin()
+                self.step = Termination.EOF
+                self._term_deadline = self._host.now() + self.eof_grace
+                self._say("eof", f"stdin closed (EOF); SIGTERM in {_secs(self.eof_grace)}")
+                if self.eof_grace <= 0:
+                    self._ladder_term()
+        else:
+            self._kill_all(signal.SIGTERM)
+
+    def _ladder_term(self) -> None:
+        self._term_deadline = None
+        if self.child is None or self.main_exited or self.step is Termination.SIGTERM:
+            return
+        self.step = Termination.SIGTERM
+        self._count_others()
+        try:
+            signal.pidfd_send_signal(self.child.pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self._say("sigterm", f"SIGTERM to the session (pid {self.pid}); systemd SIGKILLs the scope at the end of "
+                  "the grace")
+
+    def _count_others(self) -> None:
+        """How many processes besides the main one are in the scope now (at each ladder step). If the ladder
+        ends in systemd's SIGKILL they die with the main process, and this count is the leftovers killed:
+        once the cgroup is empty there is nothing left to count."""
+        procs = procs_in(self.cgroup_dir) if self.cgroup_dir is not None else None
+        if procs is not None:
+            self._others_at_stop = len([p for p in procs if p != self.pid])
+
+    def kill(self, signum: int) -> None:
+        """Send signum to every process in the scope now (e.g. SIGKILL to end a grace early)."""
+        self._kill_all(signum)
+
+    def _kill_all(self, signum: int) -> None:
+        try:
+            self._host.bus.kill_unit(self.unit, "all", signum)
+        except BusError as e:
+            log.debug("KillUnit(%s, %d): %s", self.unit, signum, e)
+
+    # -- the main process ---------------------------------------------------------------------------------
+
+    def on_pidfd_ready(self) -> None:
+        """Our child (the session's main process) has exited: reap it."""
+        if self.child is None or self.pid is None or self.main_exited:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, -1
+        if pid == 0:
+            return  # spurious wake-up
+        self._host.remove_reader(self.child.pidfd)
+        self.child.close_all()
+        self.main_exited = True
+        self.main_exit_step = self.step
+        if status != -1:
+            if os.WIFSIGNALED(status):
+                self.exit_signal = os.WTERMSIG(status)
+            else:
+                self.exit_code = os.waitstatus_to_exitcode(status)
+        self._term_deadline = None
+        self._idle_deadline = None
+        if self.exit_signal == signal.SIGKILL and self.step is not Termination.NATURAL:
+            self.leftovers = max(self.leftovers, self._others_at_stop)
+            self._say("sigkill", f"systemd SIGKILLed the scope at the end of the grace "
+                      f"({self._others_at_stop} other process(es) with it)", leftovers=self._others_at_stop)
+        self._after_main_exit()
+
+    def _after_main_exit(self) -> None:
+        """Session exit is authoritative: whatever is left in its scope is counted and stopped."""
+        if self.active_state in ENDED:
+            self._read_outcome()
+            return
+        if not self._watch_cgroup_empty():
+            self._read_outcome()  # empty or gone already: the manager's state is (about to be) final
+            if self.phase is Phase.DONE:
+                return
+        procs = procs_in(self.cgroup_dir) if self.cgroup_dir is not None else None
+        if procs is None:
+            try:
+                procs = self._host.bus.unit_processes(self.unit)
+            except BusError as e:
+                self._recheck_soon(e)
+                return
+        if procs:
+            self.leftovers = max(self.leftovers, len(procs))
+            self._say("leftovers", f"main process ended; {len(procs)} process(es) left in the scope: stopping them",
+                      leftovers=len(procs))
+            self._kill_all(signal.SIGTERM)
+            try:
+                self._host.bus.stop_unit(self.unit)  # systemd SIGKILLs what ignores SIGTERM after the grace
+            except BusError as e:
+                log.warning("%s: StopUnit: %s", self.unit, e)
+        # The unit's end arrives as a signal; look again after the grace in case it was lost.
+        self._recheck_deadline = self._host.now() + self.grace + RECHECK_S
+
+    def _watch_cgroup_empty(self) -> bool:
+        """Watch the scope's cgroup.events: the kernel notifies `populated 0` when its last process is gone,
+        several ms before the manager's PropertiesChanged reaches us. False if the cgroup is empty or gone
+        already (then ask the manager now)."""
+        if self._cgroup_watch is not None or self.cgroup_dir is None:
+            return True
+        events = self.cgroup_dir / "cgroup.events"
+        try:
+            self._cgroup_watch = Inotify(events, IN_MODIFY)
+        except FileNotFoundError:
+            return False
+        except OSError as e:  # e.g. out of inotify watches: the manager's signal still tells us
+            log.debug("%s: no inotify watch on %s (%s)", self.unit, events, e)
+            return True
+        self._host.add_reader(self._cgroup_watch.fd, self.on_cgroup_event)
+        return cgroup_populated(events)  # it may have emptied before the watch existed
+
+    def on_cgroup_event(self) -> None:
+        if self._cgroup_watch is None or self.cgroup_dir is None or self.phase is Phase.DONE:
+            return
+        self._cgroup_watch.drain()
+        if self.main_exited and not cgroup_populated(self.cgroup_dir / "cgroup.events"):
+            self._read_outcome()  # usually final already; if not, its signal finishes the dispatch
+
+    # -- the scope ----------------------------------------------------------------------------------------
+
+    def on_unit_changed(self, changes: Mapping[str, object]) -> None:
+        """PropertiesChanged: the signal carries the new values, so no round trip unless the unit ended."""
+        inv = changes.get("InvocationID")
+        if isinstance(inv, str) and inv:
+            self.invocation_id = inv
+        state = changes.get("ActiveState")
+        if not isinstance(state, str):
+            return
+        self.active_state = state
+        if self.phase is Phase.STARTING:
+            if state == "active" and self._exec_fd is None and self._launch is not None:
+                self._open_gate()  # in case its JobRemoved is lost
+            return
+        if state in ENDED:
+            if self.main_exited:
+                self._read_outcome()
+            else:
+                self._watch_for_stuck()
+
+    def resync(self) -> None:
+        """Signals may have been lost (the bus was down): look at the unit again now."""
+        if self.phase is not Phase.DONE:
+            self._recheck_deadline = self._host.now()
+
+    def on_unit_removed(self) -> None:
+        self._check_unit()
+
+    def _read_outcome(self) -> None:
+        """The scope has ended (as far as we know) and our child is reaped: read its state and Result (small
+        calls) and finish; if the manager has not got there yet, its signal brings us back."""
+        try:
+            active, result, invocation_id = self._host.bus.unit_outcome(self.unit)
+        except BusError:
+            self._check_unit()  # fall back to a full snapshot (and its retries)
+            return
+        self.active_state = active
+        self.invocation_id = self.invocation_id or invocation_id or None
+        if active in ENDED:
+            self._unit_result = result
+            self._maybe_finish()
+
+    def _check_unit(self) -> None:
+        """A full snapshot: covers signals lost across a reconnect or a manager re-exec."""
+        try:
+            st = self._host.bus.unit_state(self.unit)
+        except BusError as e:
+            self._recheck_soon(e)
+            return
+        if self.invocation_id is None and st.invocation_id:
+            self.invocation_id = st.invocation_id
+        self.active_state = st.active_state
+        if self.phase is Phase.STARTING:
+            if st.active_state == "active" or (st.exists and st.active_state == "deactivating"):
+                if self._exec_fd is None and self._launch is not None:
+                    self._open_gate()
+            elif st.ended and st.exists:
+                self._fail(f"could not start scope {self.unit}: it is {st.active_state} ({st.result})")
+            else:
+                self._recheck_deadline = self._host.now() + RECHECK_S
+            return
+        if st.ended or not st.exists:
+            self._unit_result = st.result
+            self._unit_gone = not st.exists
+            if not self.main_exited:
+                self._watch_for_stuck()
+            self._maybe_finish()
+
+    def _recheck_soon(self, e: BusError) -> None:
+        log.warning("%s: cannot read its state (%s); will re-check", self.unit, e)
+        self._recheck_deadline = self._host.now() + RECHECK_S
+
+    def _watch_for_stuck(self) -> None:
+        """The scope ended but our child has not exited: normally its exit is microseconds away. If it is
+        still there STUCK_AFTER_S later it survived systemd's SIGKILL (uninterruptible sleep)."""
+        if self._stuck_deadline is None and not self.attached:
+            self._stuck_deadline = self._host.now() + STUCK_AFTER_S
+
+    def _finish_stuck(self) -> None:
+        self._stuck_deadline = None
+        if self.main_exited or self.child is None or self.pid is None:
+            return
+        state = proc_state(self.pid)
+        if state is None:
+            return  # it has exited after all: the pidfd reports it
+        if self._unit_result is None:
+            self._check_unit()
+        self.stuck = True
+        pidfd, self.child.pidfd = self.child.pidfd, -1
+        self._host.remove_reader(pidfd)
+        self._host.adopt_orphan(pidfd, self.pid)  # reaped whenever it finally exits
+        self.main_exited, self.main_exit_step = True, Termination.UNKNOWN
+        self.error = (f"main process {self.pid} is still alive (state {state}) although its scope ended: it "
+                      "survived SIGKILL, so it is in uninterruptible sleep (a hung NFS/FUSE/device call); only the "
+                      "kernel call returning can end it. Reported as stuck; it is reaped if it ever exits")
+        log.error("%s: %s", self.unit, self.error)
+        self._maybe_finish()
+
+    # -- timers -------------------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self._term_deadline, self._idle_deadline, self._recheck_deadline, self._stuck_deadline,
+                          self._start_deadline) if d is not None]
         return min(ds) if ds else None
+
+    def fire_timers(self, now: float) -> None:
+        if self._start_deadline is not None and now >= self._start_deadline:
+            self._fail(f"the start job of {self.unit} did not finish in {JOB_WAIT_S:.0f} s")
+            return
+        if self._term_deadline is not None and now >= self._term_deadline:
+            self._ladder_term()
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            self._check_idle(now)
+        if self._stuck_deadline is not None and now >= self._stuck_deadline:
+            self._finish_stuck()
+        if self._recheck_deadline is not None and now >= self._recheck_deadline and self.phase is not Phase.DONE:
+            self._recheck_deadline = None
+            self._check_unit()
+            if self.main_exited and not self.attached and not self.done:
+                self._after_main_exit()
+
+    def _check_idle(self, now: float) -> None:
+        """Idle = nothing written to the log for idle_timeout s. We sleep until the earliest moment that
+        could be true, look at the log's mtime once, and either stop or sleep until the new earliest moment:
+        no wake-ups while the session writes, no fixed-interval polling."""
+        assert self.idle_timeout is not None
+        try:
+            mtime_age = max(0.0, time.time() - os.stat(self.log_path or "").st_mtime)
+        except OSError:
+            mtime_age = now - self.started
+        last_activity_age = min(mtime_age, now - self.started)
+        if last_activity_age >= self.idle_timeout:
+            self._idle_deadline = None
+            self.request_stop(Status.IDLE_TIMEOUT)
+        else:
+            self._idle_deadline = now + (self.idle_timeout - last_activity_age)
+
+    # -- the end ------------------------------------------------------------------------------------------
+
+    def _maybe_finish(self) -> None:
+        if self.phase is Phase.DONE or not self.main_exited or self._unit_result is None:
+            return
+        sysres = "success" if self._unit_gone else self._unit_result
+        status, method = decide(Facts(
+            systemd_result=sysres, stop_reason=self.stop_reason, ladder_step_at_exit=self.main_exit_step,
+            exit_code=self.exit_code, exit_signal=self.exit_signal, attached=self.attached, stuck=self.stuck))
+        self._end(self._result(status, method, systemd_result=None if self._unit_gone and self.attached else sysres))
+
+    def _result(self, status: Status, method: Termination, *, systemd_result: str | None) -> DispatchResult:
+        """The one place a DispatchResult is built."""
+        return DispatchResult(
+            ticket=self.ticket, session=self.session or "", unit=self.unit, status=status,
+            termination_method=method, exit_code=self.exit_code, signal=self.exit_signal,
+            systemd_result=systemd_result, leftovers_killed=self.leftovers,
+            duration_s=self._host.now() - self.started, log_path=self.log_path,
+            invocation_id=self.invocation_id, pid=self.pid, error=self.error)
+
+    def _fail(self, error: str) -> None:
+        """The launch failed: undo it (nothing is left behind) and end as ERROR (or as the stop that
+        cancelled it)."""
+        self.close()  # undoes the launch: the unit's ref, the child, the log file
+        self.log_path = None
+        self.error = error
+        status = self.stop_reason if self.stop_reason is not None else Status.ERROR
+        self._end(self._result(status, Termination.NATURAL, systemd_result=None))
+
+    def _end(self, result: DispatchResult) -> None:
+        self.result = result
+        self.phase = Phase.DONE
+        self.close()
+        if self._holds_ref:
+            self._holds_ref = False
+            try:
+                self._host.bus.unref_unit(self.unit)
+            except BusError as e:
+                log.warning("could not release %s: %s", self.unit, e)
+        if result.status is not Status.RUNNING:
+            how = (f"exit code {result.exit_code}" if result.exit_code is not None else
+                   f"signal {result.signal_name}" if result.signal is not None else "exit status unknown")
+            self._say("result", f"{result.status} ({how}, {result.termination_method}, systemd result "
+                      f"{result.systemd_result or '-'}, {result.leftovers_killed} leftover(s) killed, "
+                      f"{result.duration_s:.3f} s)" + (f": {result.error}" if result.error else ""),
+                      status=str(result.status), exit_code=result.exit_code, signal=result.signal_name,
+                      termination=str(result.termination_method), systemd_result=result.systemd_result,
+                      leftovers=result.leftovers_killed, duration_s=round(result.duration_s, 3))
+        self._host.changed(self)
+
+    def detach(self) -> None:
+        """Leave the session running (bounded by its timeout) for a later attach; free what we hold."""
+        if self.phase is Phase.DONE:
+            return
+        if self.phase is Phase.STARTING:
+            self._fail("detached before it started")
+            return
+        self.error = "detached: still running; attach to it later"
+        self._holds_ref = False  # the ref goes with our bus connection; the unit stays while it runs
+        self._end(self._result(Status.RUNNING, Termination.UNKNOWN, systemd_result=None))
+
+    def close(self) -> None:
+        """Free every fd this dispatch holds (the only place they are freed); safe to call more than once.
+        A launch still in progress is undone."""
+        if self._exec_fd is not None:
+            self._host.remove_reader(self._exec_fd)
+            self._exec_fd = None
+        if self._launch is not None:
+            self._launch.abort()
+            self._launch = None
+            self._holds_ref = False
+        if self.child is not None:
+            if self.child.pidfd >= 0:
+                self._host.remove_reader(self.child.pidfd)
+            self.child.close_all()
+        if self._cgroup_watch is not None:
+            self._host.remove_reader(self._cgroup_watch.fd)
+            self._cgroup_watch.close()
+            self._cgroup_watch = None
+        self._term_deadline = self._idle_deadline = self._recheck_deadline = None
+        self._stuck_deadline = self._start_deadline = None
+
+
+def _secs(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} s"
+

@@ -46,19 +46,17 @@ class TransientBusError(BusError):
         self.disconnected = disconnected
 
 
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("D-Bus call %s failed transiently (attempt %d, %.2f s so far): %s; retrying",
-                getattr(state.fn, "__name__", "?"), state.attempt_number, state.seconds_since_start, exc)
-
-
 def retrying(budget_s: float = DEFAULT_RETRY_BUDGET_S,
-             before_retry: Callable[[BaseException], None] | None = None) -> tenacity.Retrying:
-    """A tenacity.Retrying for one call: exponential backoff 10 ms .. 1 s with jitter, at most budget_s."""
+             before_retry: Callable[[BaseException], None] | None = None,
+             operation: str = "a D-Bus call") -> tenacity.Retrying:
+    """A tenacity.Retrying for one call: exponential backoff 10 ms .. 1 s with jitter, at most budget_s.
+    Each retry is logged at debug level (a manager re-exec makes a few; they are not news when the call
+    then succeeds); a call that gives up is logged once, as a warning, by call_with_retry."""
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        _log_retry(state)
         exc = state.outcome.exception() if state.outcome else None
+        log.debug("%s failed transiently (attempt %d, %.2f s so far): %s; retrying",
+                  operation, state.attempt_number, state.seconds_since_start, exc)
         if before_retry is not None and exc is not None:
             before_retry(exc)
 
@@ -72,6 +70,14 @@ def retrying(budget_s: float = DEFAULT_RETRY_BUDGET_S,
 
 
 def call_with_retry(fn: Callable[[], T], budget_s: float = DEFAULT_RETRY_BUDGET_S,
-                    before_retry: Callable[[BaseException], None] | None = None) -> T:
+                    before_retry: Callable[[BaseException], None] | None = None,
+                    operation: str = "a D-Bus call") -> T:
     """fn() under the policy; the last error is re-raised when the budget is spent."""
-    return retrying(budget_s, before_retry)(fn)
+    policy = retrying(budget_s, before_retry, operation)
+    try:
+        return policy(fn)
+    except TransientBusError as e:
+        attempts = policy.statistics.get("attempt_number", 1)
+        if attempts > 1:
+            log.warning("%s still failing after %d attempts in %.1f s: %s", operation, attempts, budget_s, e)
+        raise

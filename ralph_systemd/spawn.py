@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import warnings
 from dataclasses import dataclass
 
 _MAXFD = os.sysconf("SC_OPEN_MAX")
-
-
-class ExecError(Exception):
-    """The child could not exec its program (the message says which step and why)."""
 
 
 def resolve_executable(program: str, env_path: str | None, cwd: str) -> str:
@@ -57,19 +54,25 @@ class GatedChild:
     gate_w: int | None
     err_r: int | None
 
-    def release(self) -> None:
-        """Open the gate and wait for the exec; ExecError if it failed (the child has then exited)."""
+    def open_gate(self) -> int:
+        """Let the child exec; returns the fd that reports it: readable once the exec succeeded (EOF: the
+        write end is close-on-exec) or failed (the reason). Read it with exec_failure()."""
         assert self.gate_w is not None and self.err_r is not None
         os.write(self.gate_w, b"1")
         os.close(self.gate_w)
         self.gate_w = None
+        return self.err_r
+
+    def exec_failure(self) -> str | None:
+        """None if the program was exec'ed, else why not (the child has then exited). Blocks until the child
+        has done one or the other, which takes about a millisecond once the gate is open."""
+        assert self.err_r is not None
         chunks = []
-        while chunk := os.read(self.err_r, 4096):  # EOF = exec succeeded (the write end is close-on-exec)
+        while chunk := os.read(self.err_r, 4096):
             chunks.append(chunk)
         os.close(self.err_r)
         self.err_r = None
-        if chunks:
-            raise ExecError(b"".join(chunks).decode(errors="replace"))
+        return b"".join(chunks).decode(errors="replace") if chunks else None
 
     def abort(self) -> None:
         """Kill and reap a child that must not run; close every FD. Safe to call in any state."""
@@ -107,7 +110,11 @@ def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, 
         gate_r, gate_w = os.pipe(); fds += [gate_r, gate_w]  # noqa: E702
         err_r, err_w = os.pipe(); fds += [err_r, err_w]  # noqa: E702
         env_b = [f"{k}={v}".encode() for k, v in env.items()]
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a multi-threaded process (our loop thread forks while the
+            # caller's thread runs). The child only calls os functions (no locks, no logging) until exec.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except BaseException:
         for fd in fds:
             os.close(fd)

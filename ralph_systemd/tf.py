@@ -515,10 +515,7 @@ class SystemdBackend:
             return sup.wait(d, timeout=max(0.0, kill_wait_ms / 1000))
         except TimeoutError:
             pass
-        try:
-            sup.bus.kill_unit(d.unit, "all", 9)
-        except BusError as e:
-            log.debug("KillUnit(%s, SIGKILL): %s", d.unit, e)
+        sup.kill(d, 9)
         try:
             return sup.wait(d, timeout=KILL_WAIT_SLACK_S)
         except TimeoutError:
