@@ -194,6 +194,10 @@ class Dispatch:
         """The manager finished a job; ours is the scope's start job."""
         if self.phase is not Phase.STARTING or self._launch is None or job != self._job or self._exec_fd is not None:
             return
+        if result == "canceled":  # someone stopped the unit before it started (StopUnit replaced the job)
+            self.stop_reason = self.stop_reason or Status.STOPPED
+            self._fail("stopped before it started: its start job was cancelled by a stop")
+            return
         if result != "done":
             self._fail(f"could not start scope {self.unit}: its start job ended with result {result!r}")
             return
