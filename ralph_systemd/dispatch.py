@@ -204,22 +204,15 @@ class Dispatch:
         self._open_gate()
 
     def _open_gate(self) -> None:
-        assert self._launch is not None
+        """The child is inside its scope: let it exec, and count it as running from now on. The exec's
+        outcome arrives on a pipe moments later; a failure then ends the dispatch as ERROR, exactly as if
+        the launch had failed (launch() does not wait for it: that is a millisecond off every launch)."""
+        assert self._launch is not None and self._launch.child is not None and self.spec is not None
         self._recheck_deadline = None
+        self._start_deadline = None
         self._exec_fd = self._launch.open_gate()
         self._host.add_reader(self._exec_fd, self._on_exec_report)
-
-    def _on_exec_report(self) -> None:
-        assert self._launch is not None and self._exec_fd is not None and self.spec is not None
-        self._host.remove_reader(self._exec_fd)
-        self._exec_fd = None
-        why = self._launch.exec_failure()
-        if why is not None:
-            self._fail(f"{self.spec.argv[0]!r} did not start: {why}")
-            return
-        self.child = self._launch.commit()
-        self._launch = None
-        self._start_deadline = None
+        self.child = self._launch.child
         self.phase = Phase.RUNNING
         now = self._host.now()
         self.cgroup_dir = cgroup_dir_of(self.child.pid)  # the scope's cgroup: the child is in it now
@@ -234,6 +227,20 @@ class Dispatch:
         if self._ladder_pending:
             self._ladder_pending = False
             self._ladder_start()
+
+    def _on_exec_report(self) -> None:
+        """The exec-report pipe is readable: EOF means the program runs; anything else is why it does not."""
+        if self._exec_fd is None or self._launch is None:
+            return
+        assert self.spec is not None
+        self._host.remove_reader(self._exec_fd)
+        self._exec_fd = None
+        why = self._launch.exec_failure()
+        if why is not None:
+            self._fail(f"{self.spec.argv[0]!r} did not start: {why}")
+            return
+        self._launch.commit()
+        self._launch = None
 
     def refuse_duplicate(self) -> None:
         """Another live dispatch of ours has this unit (the same ticket): fail before asking the manager."""
@@ -353,6 +360,10 @@ class Dispatch:
         """Our child (the session's main process) has exited: reap it."""
         if self.child is None or self.pid is None or self.main_exited:
             return
+        if self._exec_fd is not None:
+            self._on_exec_report()  # the child has exited, so its report is complete: read it first
+            if self.done:
+                return
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
@@ -486,7 +497,11 @@ class Dispatch:
                 if self._exec_fd is None and self._launch is not None:
                     self._open_gate()
             elif st.ended and st.exists:
-                self._fail(f"could not start scope {self.unit}: it is {st.active_state} ({st.result})")
+                if st.active_state == "inactive" and st.result == "success":  # stopped before its start ran
+                    self.stop_reason = self.stop_reason or Status.STOPPED
+                    self._fail("stopped before it started: the unit was stopped while its start job was queued")
+                else:
+                    self._fail(f"could not start scope {self.unit}: it is {st.active_state} ({st.result})")
             else:
                 self._recheck_deadline = self._host.now() + RECHECK_S
             return
@@ -590,7 +605,7 @@ class Dispatch:
         """The launch failed: undo it (nothing is left behind) and end as ERROR (or as the stop that
         cancelled it)."""
         self.close()  # undoes the launch: the unit's ref, the child, the log file
-        self.log_path = None
+        self.log_path = None  # removed with the rest of the launch
         self.error = error
         status = self.stop_reason if self.stop_reason is not None else Status.ERROR
         self._end(self._result(status, Termination.NATURAL, systemd_result=None))
@@ -623,26 +638,29 @@ class Dispatch:
         if self.phase is Phase.STARTING:
             self._fail("detached before it started")
             return
+        self._on_exec_report()  # the gate is open: its report is a moment away; a failure ends it here
+        if self.done:
+            return
         self.error = "detached: still running; attach to it later"
         self._holds_ref = False  # the ref goes with our bus connection; the unit stays while it runs
         self._end(self._result(Status.RUNNING, Termination.UNKNOWN, systemd_result=None))
 
     def close(self) -> None:
         """Free every fd this dispatch holds (the only place they are freed); safe to call more than once.
-        A launch still in progress is undone."""
-        if self._exec_fd is not None:
-            self._host.remove_reader(self._exec_fd)
-            self._exec_fd = None
+        A launch that is not complete (its exec unconfirmed) is undone: child killed, unit released, log
+        removed."""
+        for fd in (self._exec_fd, self.child.pidfd if self.child is not None else -1,
+                   self._cgroup_watch.fd if self._cgroup_watch is not None else -1):
+            if fd is not None and fd >= 0:
+                self._host.remove_reader(fd)
+        self._exec_fd = None
         if self._launch is not None:
             self._launch.abort()
             self._launch = None
             self._holds_ref = False
         if self.child is not None:
-            if self.child.pidfd >= 0:
-                self._host.remove_reader(self.child.pidfd)
             self.child.close_all()
         if self._cgroup_watch is not None:
-            self._host.remove_reader(self._cgroup_watch.fd)
             self._cgroup_watch.close()
             self._cgroup_watch = None
         self._term_deadline = self._idle_deadline = self._recheck_deadline = None

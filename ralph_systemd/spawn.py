@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 _MAXFD = os.sysconf("SC_OPEN_MAX")
+_CAUGHT = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def resolve_executable(program: str, env_path: str | None, cwd: str) -> str:
@@ -152,6 +153,9 @@ def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
         os.closerange(low, _MAXFD)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; a program expects defaults
             signal.signal(sig, signal.SIG_DFL)
+        for sig in _CAUGHT:  # a SIGTERM between the gate and exec must kill, not run our parent's handler
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         stage = "gate"
         if os.read(gate_r, 1) != b"1":  # the parent went away or aborted the launch

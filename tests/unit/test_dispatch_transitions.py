@@ -112,9 +112,11 @@ def launched(tmp_path: Path, argv: list[str], **kw: object) -> tuple[ScriptedHos
     d.start_launch()
     assert d.phase is Phase.STARTING and d.pid is not None
     d.on_job_removed("/job/1", "done")
-    (exec_fd,) = host.readers
-    host.fire_when_readable(exec_fd)
-    assert d.phase is Phase.RUNNING, d.result
+    assert d.phase is Phase.RUNNING, d.result  # in its scope and released: launch() returns here
+    exec_fd = d._exec_fd
+    assert exec_fd is not None
+    host.fire_when_readable(exec_fd)  # the exec is confirmed a moment later
+    assert d.result is None and d._exec_fd is None
     return host, d
 
 
@@ -162,12 +164,10 @@ def test_a_stop_that_arrives_while_starting_runs_the_ladder_the_moment_the_sessi
                         timeout=1e-6, grace=5, eof_grace=0.5)
     d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
     d.start_launch()
+    d.on_request_stop()  # RuntimeMaxSec=1us fired before we saw the start job end: not lost
+    assert d.phase is Phase.STARTING and d.stop_reason is Status.TIMEOUT and d.step is Termination.NATURAL
     d.on_job_removed("/job/1", "done")
-    d.on_request_stop()  # RuntimeMaxSec=1us fired before we saw the exec: not lost, not a bare SIGKILL
-    assert d.phase is Phase.STARTING and d.stop_reason is Status.TIMEOUT
-    (exec_fd,) = host.readers
-    host.fire_when_readable(exec_fd)
-    assert d.phase is Phase.RUNNING and d.step is Termination.EOF
+    assert d.phase is Phase.RUNNING and d.step is Termination.EOF  # the ladder starts the moment it runs
     host.advance(d, 0.5)
     assert d.step is Termination.SIGTERM
     host.fire_when_readable(pidfd_of(d))
@@ -194,7 +194,8 @@ def test_idle_timeout_looks_at_the_log_once_per_idle_period(tmp_path: Path) -> N
 
 
 def test_a_main_process_that_outlives_its_scope_is_reported_stuck_and_handed_over_for_reaping(tmp_path: Path) -> None:
-    host, d = launched(tmp_path, ["sleep", "60"], timeout=1, grace=1)
+    # deaf to SIGTERM (ignored signals survive exec), as a process in uninterruptible sleep is to SIGKILL
+    host, d = launched(tmp_path, ["sh", "-c", "trap '' TERM; exec sleep 60"], timeout=1, grace=1)
     pid, pidfd = d.pid, pidfd_of(d)
     host.clock += 1
     d.on_request_stop()
@@ -225,6 +226,24 @@ def test_a_failed_start_job_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(ChildProcessError):
         os.waitpid(pid or 0, os.WNOHANG)  # killed and reaped
     assert ("unref", spec.unit) in host.bus.calls and not host.readers
+
+
+def test_an_exec_failure_after_launch_returned_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    prog = tmp_path / "prog"
+    prog.write_text("#!/nonexistent/interpreter\n")  # passes the pre-flight check, fails in execve
+    prog.chmod(0o755)
+    host = ScriptedHost()
+    spec = DispatchSpec(argv=[str(prog)], ticket="t-exec", cwd=tmp_path, log_dir=tmp_path / "logs")
+    d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
+    d.start_launch()
+    d.on_job_removed("/job/1", "done")
+    assert d.phase is Phase.RUNNING
+    host.fire_when_readable(pidfd_of(d))  # even if the child's exit is seen first, the exec report decides
+    r = d.result
+    assert r is not None and r.status is Status.ERROR and "did not start" in (r.error or "")
+    assert r.exit_status_for_shell() == 125 and r.log_path is None
+    assert not list((tmp_path / "logs").iterdir()) and not host.readers
+    assert ("unref", spec.unit) in host.bus.calls
 
 
 def test_detach_frees_every_fd(tmp_path: Path) -> None:
