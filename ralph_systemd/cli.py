@@ -7,6 +7,9 @@ code (see EPILOG); tracebacks are for bugs only. The subcommands live in cli_run
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TextIO
@@ -22,23 +25,30 @@ from ralph_systemd.cli_ops import (
     cmd_status,
     cmd_stop,
 )
+from ralph_systemd.cli_format import one_line
 from ralph_systemd.cli_run import EXIT_LAUNCH_FAILED, RunError, cmd_run
-from ralph_systemd.durations import DURATION_HELP, parse_duration, parse_percent, parse_size
+from ralph_systemd.durations import DURATION_HELP, parse_count, parse_duration, parse_percent, parse_size
 from ralph_systemd.retry import BusError
 
 PROG = "ralph-systemd"
 
 EPILOG = """\
 exit codes:
-  0      success (run: the session exited 0)
+  0      success (run: the session exited 0 by itself)
   1      the user manager could not do it (no user bus, D-Bus error); run: the session's own exit code
-  2      bad usage: unknown flag, bad time span/size, bad ticket id; nothing was changed
+  2      bad usage: unknown flag, bad time span/size, bad ticket id or unit name; nothing was changed
   4      status/stop/logs: no such dispatch (no live unit, no log)
   N      run: the session's exit code N
   124    run: the timeout (--timeout) or the idle timeout (--idle-timeout) fired
   125    run: the dispatch could not be launched (missing program or cwd, ticket already running, no user bus)
-  128+N  run: the session was killed by signal N (137 = SIGKILL, 143 = SIGTERM)
-  130    interrupted (Ctrl-C) outside a run
+  128+N  run: the session was killed by signal N (137 = SIGKILL)
+  130    run: interrupted by SIGINT (Ctrl-C) and the session stopped; other commands: interrupted
+  143    run: the dispatch was stopped (`ralph-systemd stop`, `systemctl --user stop`, SIGTERM to run),
+         whatever the session's own exit code; a stopped run never exits 0
+
+A TICKET means that ticket in the project of the current directory (or --project DIR): the directory holding
+the git common dir, so every worktree of a repository is one project. If it has no live dispatch there, the
+one live dispatch of that ticket in another project is used; a unit name always works.
 
 Human output is a table or "key: value" lines; headers and confirmations appear only when stdout is a
 terminal, or with -v. --json prints one JSON document on stdout. Errors go to stderr, one line each.
@@ -73,21 +83,11 @@ def _arg_type(fn: Callable[[str], object], name: str) -> Callable[[str], object]
     return convert
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise ValueError(f"{text!r} must be a positive whole number")
-    return value
-
-
 DURATION = _arg_type(parse_duration, "duration")
 TIMEOUT = _arg_type(lambda t: parse_duration(t, allow_infinity=True), "duration")
 SIZE = _arg_type(parse_size, "size")
 PERCENT = _arg_type(parse_percent, "percentage")
-COUNT = _arg_type(_positive_int, "count")
+COUNT = _arg_type(parse_count, "count")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="headers and confirmations even when stdout is not a terminal")
     js = _Parser(add_help=False)
     js.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    proj = _Parser(add_help=False)
+    proj.add_argument("--project", metavar="DIR",
+                      help="look a TICKET up in the project of DIR (default: the current directory's)")
 
     p = _Parser(prog=PROG, description="Run and watch AI coding-agent sessions in transient systemd user scopes.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,17 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls = add("ls", "list live dispatches: ticket, session, state, age, time left, memory, CPU", [common, js])
     ls.set_defaults(func=cmd_ls)
 
-    st = add("status", "show one live dispatch", [common, js])
+    st = add("status", "show one live dispatch", [common, js, proj])
     st.add_argument("target", metavar="TICKET|UNIT")
     st.set_defaults(func=cmd_status)
 
     sp = add("stop", "stop dispatches with the ladder (EOF, SIGTERM, SIGKILL after the grace) and wait",
-             [common, js])
+             [common, js, proj])
     sp.add_argument("target", metavar="TICKET|UNIT", nargs="?")
     sp.add_argument("--all", action="store_true", help="stop every live ralph-* dispatch")
     sp.set_defaults(func=cmd_stop)
 
-    lg = add("logs", "print a dispatch's log (live, or the newest finished one in the log directory)", [common])
+    lg = add("logs", "print a dispatch's log (live, or the newest finished one in the log directory)",
+             [common, proj])
     lg.add_argument("target", metavar="TICKET|UNIT")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the dispatch ends")
     lg.add_argument("-n", "--lines", type=COUNT, metavar="N", help="only the last N lines")
@@ -146,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--log-dir", metavar="DIR", help="where finished dispatches' logs are (default: the run default)")
     lg.set_defaults(func=cmd_logs)
 
-    gc = add("gc", "reset failed ralph-* units; delete old log files (never a live dispatch's)", [common, js])
+    gc = add("gc", "reset failed ralph units nobody holds; delete old log files that are provably ours "
+                   "(never a live dispatch's, never through a symlink)", [common, js])
     gc.add_argument("--older-than", type=DURATION, metavar="DUR", default=7 * 86400.0,
                     help=f"delete logs last written longer ago than this (default 7d); {DURATION_HELP}")
     gc.add_argument("--log-dir", metavar="DIR", help="log directory (default: ~/.local/state/ralph-systemd/logs)")
@@ -158,32 +163,128 @@ def build_parser() -> argparse.ArgumentParser:
     iu.add_argument("--dir", metavar="DIR", help="unit directory (default: $XDG_CONFIG_HOME/systemd/user)")
     iu.add_argument("--no-reload", action="store_true", help="do not reload the user manager")
     iu.set_defaults(func=cmd_install_units)
+
+    tf = sub.add_parser("tf", help="run tf's own command line with ralph-systemd as its backend (ARGS go to tf)",
+                        add_help=False)
+    tf.add_argument("tf_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    tf.set_defaults(func=cmd_tf)
     return p
+
+
+#: Options that take a value: a value that starts with '-' (`--timeout -1s`, `--ticket -rf`) is joined to its
+#: option before argparse sees it, so the message says what is wrong with the value instead of "expected one
+#: argument".
+_VALUE_OPTIONS = frozenset({"--ticket", "-t", "--session", "--timeout", "--idle-timeout", "--grace", "--cwd",
+                            "--log-dir", "--memory-max", "--tasks-max", "--cpu-quota", "--older-than", "--lines",
+                            "-n", "--dir", "--project"})
+
+
+_SHORT_FLAGS = frozenset({"-v", "-d", "-t", "-n", "-f", "-h"})
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """argv with `--opt -value` written `--opt=-value` (`-n -5` as `-n-5`); stops at `--` and at run's command."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--" or (not a.startswith("-") and _command_of(out) == "run"):
+            return out + argv[i:]  # the session's own argv is not ours to touch
+        if a in _VALUE_OPTIONS and i + 1 < len(argv):
+            v = argv[i + 1]
+            if v.startswith("-") and v != "--" and not v.startswith("--") and v not in _SHORT_FLAGS:
+                out.append(f"{a}={v}" if a.startswith("--") else a + v)
+            else:
+                out += [a, v]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _command_of(tokens: list[str]) -> str | None:
+    return next((t for t in tokens if not t.startswith("-")), None)
+
+
+def cmd_tf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`ralph-systemd tf ARGS...`: tf's own CLI (ralph_systemd.tf.cli.main) with ralph-systemd installed."""
+    try:  # lazy: tf's code loads only for this command
+        tf_main = importlib.import_module("ralph_systemd.tf.cli").main
+    except (ImportError, AttributeError) as e:
+        raise CliError(f"the tf integration cannot be loaded ({e}); it needs ralph_systemd.tf.cli and tf "
+                       "importable (pip install tf, or PYTHONPATH)") from None
+    argv = list(args.tf_args)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    return int(tf_main(argv))
+
+
+class _OneLineWarnings(logging.Handler):
+    """Library warnings (retries, launch notes) as one escaped line each on stderr, named by the command."""
+
+    def __init__(self, name: str, err: TextIO) -> None:
+        super().__init__(logging.WARNING)
+        self.name_ = name
+        self.err = err
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "error" if record.levelno >= logging.ERROR else "warning"
+            print(f"{self.name_}: {level}: {one_line(record.getMessage())}", file=self.err)
+        except Exception:  # logging must never break the command
+            pass
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the command line; return the exit code (see EPILOG)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    args.verbose = args.verbose or args.verbose_top
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if _command_of(raw) == "tf":  # everything after `tf` is tf's, including --help
+        i = next(k for k, t in enumerate(raw) if t == "tf")
+        args = argparse.Namespace(tf_args=raw[i + 1:], command_name="tf", func=cmd_tf,
+                                  verbose="-v" in raw[:i] or "--verbose" in raw[:i])
+    else:
+        args = build_parser().parse_args(_join_dash_values(raw))
+        args.verbose = args.verbose or args.verbose_top
     name = f"{PROG} {args.command_name}"
     launch = args.command_name == "run"
+    handler = _OneLineWarnings(name, err)
+    lib_log = logging.getLogger("ralph_systemd")
+    lib_log.addHandler(handler)
+    propagate, lib_log.propagate = lib_log.propagate, False
+    code = EXIT_FAILED
     try:
-        code: int = args.func(args, out, err)
+        code = int(args.func(args, out, err))
+        out.flush()
         return code
     except (CliError, RunError) as e:
-        print(f"{name}: error: {_one_line(e)}", file=err)
+        print(f"{name}: error: {one_line(e)}", file=err)
         return e.code
     except BusError as e:  # NoUserBusError's message says how to get a user bus
-        print(f"{name}: error: {_one_line(e)}", file=err)
+        print(f"{name}: error: {one_line(e)}", file=err)
         return EXIT_LAUNCH_FAILED if launch else EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=err)
         return 130
-    except BrokenPipeError:  # `ralph-systemd logs T | head`
-        return 0
+    except BrokenPipeError:  # `ralph-systemd logs T | head`, `run --json ... | true`
+        _drop_stdout(out)
+        return code if launch else 0
+    finally:
+        lib_log.removeHandler(handler)
+        lib_log.propagate = propagate
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+def _drop_stdout(out: TextIO) -> None:
+    """The reader of stdout has gone: point fd 1 at /dev/null so the interpreter's final flush cannot fail
+    ("Exception ignored ... BrokenPipeError"); the result is still in the unit's journal and the log."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

@@ -1,11 +1,16 @@
-"""The operator subcommands: ls, status, stop, logs, gc, install-units. Each returns the exit code."""
+"""The operator subcommands: ls, status, stop, logs, gc, install-units. Each returns the exit code.
+
+A TICKET names a dispatch in the project of the current directory (or --project DIR); when it has no live
+dispatch there, the one live dispatch of that ticket in any project; a unit name always works. Everything
+that came from a session or a unit is printed escaped (cli_format.safe).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -13,11 +18,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError, PystemdUserBus, SystemdBus
-from ralph_systemd.cli_run import last_line, print_pairs
+from ralph_systemd.cli_format import last_line, print_pairs, safe, table
 from ralph_systemd.durations import format_duration, format_size
-from ralph_systemd.follow import copy_new, follow
-from ralph_systemd.inspect import DispatchInfo, dispatch_info, list_dispatches, resolve_unit
-from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, escape, ticket_from_unit_name
+from ralph_systemd.follow import FollowError, copy_new, follow
+from ralph_systemd.inspect import (
+    UNIT_PATTERN,
+    AmbiguousTicket,
+    DispatchInfo,
+    dispatch_info,
+    find_unit,
+    list_dispatches,
+    looks_like_unit,
+    resolve_unit,
+)
+from ralph_systemd.logs import LogFile, is_ours, open_log_dir, session_logs
+from ralph_systemd.naming import parse_unit_name, project_key
 from ralph_systemd.spec import default_log_dir
 from ralph_systemd.supervisor import Supervisor
 from ralph_systemd.units import install_units, user_unit_dir
@@ -40,11 +55,27 @@ def _chatty(args: argparse.Namespace, out: TextIO) -> bool:
     return bool(args.verbose) or out.isatty()
 
 
-def _unit_of(target: str) -> str:
+def _project(args: argparse.Namespace) -> str:
+    """The project key a ticket is looked up in: --project DIR, else the current directory's project."""
+    directory = getattr(args, "project", None) or "."
+    if not os.path.isdir(directory):
+        raise CliError(f"--project {directory!r} is not a directory: give a directory of the project", EXIT_USAGE)
+    return project_key(directory)
+
+
+def _check_target(target: str, key: str) -> None:
+    """Usage error (rc 2) for a target that can be neither a unit name of ours nor a ticket id."""
     try:
-        return resolve_unit(target)
+        resolve_unit(target, key)
     except ValueError as e:
-        raise CliError(f"{target!r} is neither a ticket id nor a ralph-*.scope unit: {e}", EXIT_USAGE) from None
+        raise CliError(f"{target!r} is neither a ticket id nor a ralph-systemd unit name: {e}", EXIT_USAGE) from None
+
+
+def _find(bus: SystemdBus, target: str, key: str) -> str:
+    try:
+        return find_unit(bus, target, key)
+    except AmbiguousTicket as e:
+        raise CliError(str(e), EXIT_USAGE) from None
 
 
 def _no_such(target: str, unit: str) -> CliError:
@@ -60,16 +91,11 @@ def _with_bus(fn: Callable[[SystemdBus], int]) -> int:
         bus.close()
 
 
-def table(headers: list[str], rows: list[list[str]], out: TextIO, *, header: bool) -> None:
-    """Left-aligned columns; the last column is not padded (and is cut to the terminal width on a TTY)."""
-    shown = ([headers] if header else []) + rows
-    if not shown:
-        return
-    widths = [max(len(r[i]) for r in shown) for i in range(len(headers) - 1)]
-    cols = shutil.get_terminal_size((10_000, 20)).columns if out.isatty() else None
-    for r in shown:
-        line = "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]
-        print(line[:cols] if cols else line.rstrip(), file=out)
+def _short_path(path: str | None) -> str:
+    if not path:
+        return "-"
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
 
 
 # -- ls / status ---------------------------------------------------------------------------------------------
@@ -88,18 +114,21 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if _chatty(args, out):
                 print("no ralph dispatches are running", file=err)
             return 0
-        rows = [[i.ticket, i.session or "-", _state(i), format_duration(i.age_s), format_duration(i.time_left_s),
-                 format_size(i.memory_bytes), format_duration(i.cpu_s), i.command or "-"] for i in infos]
-        table(["TICKET", "SESSION", "STATE", "AGE", "LEFT", "MEMORY", "CPU", "COMMAND"], rows, out,
+        rows = [[i.ticket, _short_path(i.project_root) if i.project_root else (i.project or "-"), i.session or "-",
+                 _state(i), format_duration(i.age_s), format_duration(i.time_left_s), format_size(i.memory_bytes),
+                 format_duration(i.cpu_s), i.command or "-"] for i in infos]
+        table(["TICKET", "PROJECT", "SESSION", "STATE", "AGE", "LEFT", "MEMORY", "CPU", "COMMAND"], rows, out,
               header=_chatty(args, out))
         return 0
     return _with_bus(run)
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    unit = _unit_of(args.target)
+    key = _project(args)
+    _check_target(args.target, key)
 
     def run(bus: SystemdBus) -> int:
+        unit = _find(bus, args.target, key)
         info = dispatch_info(bus, unit, with_pids=True)
         if info is None:
             raise _no_such(args.target, unit)
@@ -109,7 +138,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         timeout = "none" if info.timeout_s is None else \
             f"{format_duration(info.timeout_s)} ({format_duration(info.time_left_s)} left)"
         print_pairs([
-            ("ticket", info.ticket), ("unit", info.unit), ("session", info.session or "-"),
+            ("ticket", info.ticket), ("unit", info.unit),
+            ("project", f"{info.project_root or '-'} (key {info.project or '-'})"), ("session", info.session or "-"),
             ("state", f"{info.state} ({info.sub_state})" + (f", result {info.result}" if info.result != "success" else "")),
             ("command", info.command or "-"), ("running", format_duration(info.age_s)), ("timeout", timeout),
             ("grace", format_duration(info.grace_s)), ("memory", format_size(info.memory_bytes)),
@@ -125,9 +155,18 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_stop(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.all == (args.target is not None):
         raise CliError("give one TICKET or UNIT to stop, or --all (not both)", EXIT_USAGE)
-    unit = None if args.all else _unit_of(args.target)
-    if unit is not None and _with_bus(lambda bus: dispatch_info(bus, unit) is None):
-        raise _no_such(args.target, unit)
+    unit: str | None = None
+    if not args.all:
+        key = _project(args)
+        _check_target(args.target, key)
+
+        def look_up(bus: SystemdBus) -> int:
+            nonlocal unit
+            unit = _find(bus, args.target, key)
+            if dispatch_info(bus, unit) is None:
+                raise _no_such(args.target, unit)
+            return 0
+        _with_bus(look_up)  # our own short-lived connection: the supervisor's bus is its own business
     with Supervisor() as sup:
         if unit is None:
             dispatches = sup.attach_all()
@@ -148,8 +187,8 @@ def cmd_stop(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not results:
             print("no ralph dispatches were running", file=err)
         for r in results:
-            print(f"stopped {r.ticket} ({r.unit}, session {r.session}; ran {format_duration(r.duration_s)}), "
-                  f"systemd result {r.systemd_result or '-'}", file=out)
+            print(safe(f"stopped {r.ticket} ({r.unit}, session {r.session}; ran {format_duration(r.duration_s)}), "
+                       f"systemd result {r.systemd_result or '-'}"), file=out)
         if results:
             print(f"stop took {format_duration(took)}", file=err)
     return 0
@@ -157,20 +196,37 @@ def cmd_stop(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 # -- logs ----------------------------------------------------------------------------------------------------
 
-def _log_from_dir(log_dir: Path, ticket: str, session: str | None) -> str | None:
-    """The newest `<escaped ticket>.<session>.log` in log_dir (that session's, when one is given)."""
-    prefix = f"{escape(ticket)}."
+def _finished_log(log_dir: Path, ticket: str, key: str, session: str | None) -> str | None:
+    """The newest log of exactly (key, ticket[, session]) in log_dir; when this project has none, the newest of
+    the one other project that has that ticket (CliError listing them when several do)."""
     try:
-        entries = [e for e in os.scandir(log_dir) if e.is_file(follow_symlinks=False) and e.name.endswith(".log")
-                   and e.name.startswith(prefix) and (session is None or e.name == f"{prefix}{session}.log")]
+        dir_fd = open_log_dir(log_dir)
     except OSError:
         return None
-    return max(entries, key=lambda e: e.stat(follow_symlinks=False).st_mtime).path if entries else None
+    try:
+        logs = [lf for lf in session_logs(dir_fd) if lf.ticket == ticket and session in (None, lf.session)]
+        mine = [lf for lf in logs if lf.project == key]
+        if not mine:
+            projects = sorted({lf.project for lf in logs})
+            if len(projects) > 1:
+                raise CliError(f"no log of ticket {ticket!r} from this project, but logs from {len(projects)} other "
+                               f"projects (keys {', '.join(projects)}) in {log_dir}: pass --project DIR",
+                               EXIT_USAGE)
+            mine = logs
+
+        def mtime(lf: LogFile) -> float:
+            try:
+                return os.stat(lf.name, dir_fd=dir_fd, follow_symlinks=False).st_mtime
+            except OSError:
+                return 0.0
+        return str(log_dir / max(mine, key=mtime).name) if mine else None
+    finally:
+        os.close(dir_fd)
 
 
 def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    unit = _unit_of(args.target)
-    ticket = ticket_from_unit_name(unit) or args.target
+    key = _project(args)
+    _check_target(args.target, key)
     try:
         bus: SystemdBus | None = PystemdUserBus()
     except NoUserBusError:
@@ -178,21 +234,35 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise
         bus = None  # finished dispatches' logs need no manager
     try:
+        if looks_like_unit(args.target):
+            unit = args.target
+        else:
+            unit = _find(bus, args.target, key) if bus is not None else resolve_unit(args.target, key)
+        parsed = parse_unit_name(unit)
+        assert parsed is not None
+        unit_key, ticket = parsed
         info = dispatch_info(bus, unit) if bus is not None else None
         if info is not None and args.session not in (None, info.session):
             info = None
-        path = info.log_path if info is not None else None
+        path = info.log_path if info is not None else None  # the unit's own Documentation URI while it lives
         if path is None:
             log_dir = Path(args.log_dir) if args.log_dir else default_log_dir()
-            path = _log_from_dir(log_dir, ticket, args.session)
+            path = _finished_log(log_dir, ticket, unit_key, args.session)
             if path is None:
-                raise CliError(f"no log for {args.target!r}: no live dispatch, and no {escape(ticket)}."
-                               f"{args.session or '*'}.log in {log_dir} (pass --log-dir if it used another one)",
-                               EXIT_NO_SUCH_DISPATCH)
+                raise CliError(f"no log for {args.target!r}: no live dispatch, and no log of ticket "
+                               f"{ticket!r}{' session ' + args.session if args.session else ''} in {log_dir} "
+                               "(pass --log-dir if it used another one)", EXIT_NO_SUCH_DISPATCH)
         sink = out.buffer if hasattr(out, "buffer") else sys.stdout.buffer
         out.flush()
         if args.follow and info is not None and bus is not None:
-            follow(path, bus, unit, sink)
+            try:
+                follow(path, bus, unit, sink)
+            except FollowError as e:
+                raise CliError(str(e)) from None
+            except OSError as e:
+                if isinstance(e, BrokenPipeError):
+                    raise
+                raise CliError(f"cannot follow the log {path}: {e.strerror}") from None
             return 0
         try:
             with open(path, "rb") as f:
@@ -203,6 +273,8 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     sink.flush()
                 else:
                     copy_new(f, sink)
+        except BrokenPipeError:
+            raise
         except OSError as e:
             raise CliError(f"cannot read the log {path}: {e.strerror}") from None
         return 0
@@ -221,47 +293,88 @@ def _tail(size: int, f: Any, lines: int) -> bytes:
 # -- gc ------------------------------------------------------------------------------------------------------
 
 def cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Reset failed ralph units nobody holds; remove old logs that are provably ours and not live.
+
+    A log is removed only when its name has our shape AND its marker (written at creation) agrees, it is a
+    regular file in the directory itself (a symlinked log directory is refused, entries are never followed),
+    it is older than --older-than, and it is not (same device and inode) the log of a live dispatch."""
     log_dir = Path(args.log_dir) if args.log_dir else default_log_dir()
+    try:
+        dir_fd: int | None = open_log_dir(log_dir)
+    except FileNotFoundError:
+        dir_fd = None
+    except OSError as exc:
+        if os.path.islink(log_dir):
+            raise CliError(f"log directory {log_dir} is a symlink: gc never follows one (it could point anywhere); "
+                           f"pass the real directory: --log-dir {os.path.realpath(log_dir)}", EXIT_USAGE) from None
+        raise CliError(f"cannot open the log directory {log_dir}: {exc.strerror}; pass --log-dir") from None
 
     def run(bus: SystemdBus) -> int:
         reset: list[str] = []
-        for unit in bus.list_units([f"{UNIT_PREFIX}*{UNIT_SUFFIX}"]):
-            if bus.unit_state(unit).active_state == "failed":
-                if not args.dry_run:
-                    bus.reset_failed(unit)
-                reset.append(unit)
-        live = {i.log_path for i in list_dispatches(bus) if i.log_path}
+        held: list[tuple[str, tuple[str, ...]]] = []
+        for unit in bus.list_units([UNIT_PATTERN]):
+            if parse_unit_name(unit) is None:
+                continue
+            st = bus.unit_state(unit)
+            if st.active_state != "failed":
+                continue
+            if st.refs:  # someone (a live supervisor) holds it to read its result: not ours to erase
+                held.append((unit, st.refs))
+                continue
+            if not args.dry_run:
+                bus.reset_failed(unit)
+            reset.append(unit)
+        live: set[tuple[int, int]] = set()
+        for i in list_dispatches(bus):
+            if i.log_path:
+                try:
+                    s = os.stat(i.log_path)
+                    live.add((s.st_dev, s.st_ino))
+                except OSError:
+                    pass
         cutoff = time.time() - args.older_than
         removed: list[str] = []
-        try:
-            entries = sorted(os.scandir(log_dir), key=lambda e: e.name)
-        except FileNotFoundError:
-            entries = []
-        except OSError as exc:
-            raise CliError(f"cannot read the log directory {log_dir}: {exc.strerror}; pass --log-dir") from None
-        for entry in entries:
-            if not (entry.name.endswith(".log") and entry.is_file(follow_symlinks=False)) or entry.path in live:
-                continue
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+        skipped_foreign = 0
+        if dir_fd is not None:
+            for lf in sorted(session_logs(dir_fd), key=lambda lf: lf.name):
+                try:
+                    s = os.stat(lf.name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(s.st_mode) or (s.st_dev, s.st_ino) in live or s.st_mtime >= cutoff:
+                    continue
+                if not is_ours(dir_fd, lf):
+                    skipped_foreign += 1
+                    continue
                 if not args.dry_run:
                     try:
-                        os.unlink(entry.path)
+                        os.unlink(lf.name, dir_fd=dir_fd)
                     except FileNotFoundError:
                         continue
-                removed.append(entry.path)
+                removed.append(str(log_dir / lf.name))
         if args.json:
-            print(json.dumps({"reset_units": reset, "removed_logs": removed, "dry_run": args.dry_run}), file=out)
+            print(json.dumps({"reset_units": reset, "held_units": [u for u, _ in held], "removed_logs": removed,
+                              "dry_run": args.dry_run}), file=out)
             return 0
         verb = "would " if args.dry_run else ""
         for u in reset:
-            print(f"{verb}reset failed unit {u}", file=out)
+            print(safe(f"{verb}reset failed unit {u}"), file=out)
+        for u, refs in held:
+            print(safe(f"kept failed unit {u}: held by {', '.join(refs)} (a live supervisor reads its result)"),
+                  file=out)
         for p in removed:
-            print(f"{verb}remove {p}" if args.dry_run else f"removed {p}", file=out)
+            print(safe(f"{verb}remove {p}" if args.dry_run else f"removed {p}"), file=out)
         if _chatty(args, out):
-            print(f"gc: {len(reset)} failed unit(s) {verb}reset, {len(removed)} log file(s) older than "
-                  f"{format_duration(args.older_than)} {verb}removed from {log_dir}", file=err)
+            print(safe(f"gc: {len(reset)} failed unit(s) {verb}reset, {len(removed)} log file(s) older than "
+                       f"{format_duration(args.older_than)} {verb}removed from {log_dir}"
+                       + (f"; {skipped_foreign} old file(s) with our name shape but no marker left alone"
+                          if skipped_foreign else "")), file=err)
         return 0
-    return _with_bus(run)
+    try:
+        return _with_bus(run)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
 
 
 # -- install-units -------------------------------------------------------------------------------------------
@@ -279,7 +392,7 @@ def cmd_install_units(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         raise CliError(str(e)) from None
     for i in installed:
         if i.changed or _chatty(args, out):
-            print(f"{'installed' if i.changed else 'unchanged'} {i.path}", file=out)
+            print(safe(f"{'installed' if i.changed else 'unchanged'} {i.path}"), file=out)
     if not args.no_reload:
         try:
             _with_bus(_reload)
@@ -288,3 +401,4 @@ def cmd_install_units(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         if _chatty(args, out):
             print("reloaded the user manager (systemctl --user daemon-reload)", file=err)
     return 0
+

@@ -9,18 +9,23 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError
+from ralph_systemd.cli_format import last_line, one_line, print_pairs
+from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.durations import format_duration
+from ralph_systemd.logs import log_space_problem
 from ralph_systemd.result import DispatchResult
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DispatchSpec
-from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.supervisor import Supervisor
 
 EXIT_LAUNCH_FAILED = 125
+EXIT_STOPPED = 128 + signal.SIGTERM  # 143: the dispatch was stopped (any stop), whatever the session returned
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130: `run` got SIGINT (Ctrl-C) and stopped the dispatch
 PROGRESS_REFRESH_S = 1.0
 
 
@@ -48,6 +53,9 @@ def build_spec(args: argparse.Namespace) -> DispatchSpec:
     if args.detach and args.idle_timeout is not None:
         raise RunError("--idle-timeout needs a supervisor watching the log, so it cannot be used with --detach: "
                        "drop --detach, or use --timeout (enforced by systemd)", 2)
+    if args.ticket is not None and args.ticket.startswith("-"):
+        raise RunError(f"ticket id {args.ticket!r} starts with '-', so `status`, `logs` and `stop` would read it as "
+                       "an option: use an id that starts with a letter or digit", 2)
     timeout = None if args.timeout is None or math.isinf(args.timeout) else args.timeout
     try:
         return DispatchSpec(
@@ -57,21 +65,6 @@ def build_spec(args: argparse.Namespace) -> DispatchSpec:
             memory_max=args.memory_max, tasks_max=args.tasks_max, cpu_quota=args.cpu_quota)
     except ValueError as e:
         raise RunError(str(e), 2) from None
-
-
-def last_line(path: str | None, width: int) -> str:
-    """The last non-empty line the session wrote (from the log's last 4 KiB), printable and cut to width."""
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [ln for ln in tail.splitlines() if ln.strip()]
-    text = "".join(c if c.isprintable() else " " for c in (lines[-1] if lines else ""))
-    return text[:max(0, width)]
 
 
 def wait_with_progress(sup: Supervisor, d: Dispatch, spec: DispatchSpec, err: TextIO) -> DispatchResult:
@@ -88,7 +81,7 @@ def wait_with_progress(sup: Supervisor, d: Dispatch, spec: DispatchSpec, err: Te
             left = f", {format_duration(spec.timeout - elapsed)} left" if spec.timeout is not None else ""
             head = f"{d.unit}: running {format_duration(elapsed)}{left}"
             cols = shutil.get_terminal_size((100, 20)).columns
-            line = last_line(d.log_path, cols - len(head) - 4)
+            line = last_line(d.log_path, cols - len(head) - 4)  # escaped: no control byte reaches the terminal
             err.write(f"\r\x1b[K{head}" + (f" | {line}" if line else ""))
             err.flush()
     finally:
@@ -96,11 +89,11 @@ def wait_with_progress(sup: Supervisor, d: Dispatch, spec: DispatchSpec, err: Te
         err.flush()
 
 
-def _summary(r: DispatchResult) -> list[tuple[str, str]]:
+def _summary(r: DispatchResult, code: int) -> list[tuple[str, str]]:
     how = f"exit {r.exit_code}" if r.exit_code is not None else (f"signal {r.signal_name}" if r.signal else "-")
     rows = [("ticket", r.ticket), ("unit", r.unit), ("session", r.session),
             ("status", f"{r.status} ({how}, {r.termination_method}, systemd result {r.systemd_result or '-'})"),
-            ("duration", format_duration(r.duration_s)), ("log", r.log_path or "-")]
+            ("duration", format_duration(r.duration_s)), ("log", r.log_path or "-"), ("exit status", str(code))]
     if r.leftovers_killed:
         rows.append(("leftovers", f"{r.leftovers_killed} process(es) left behind were stopped"))
     if r.error:
@@ -108,10 +101,17 @@ def _summary(r: DispatchResult) -> list[tuple[str, str]]:
     return rows
 
 
-def print_pairs(rows: list[tuple[str, str]], out: TextIO) -> None:
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k + ':':<{width + 1}} {v}", file=out)
+class _Warnings:
+    """Warnings for stderr, each one escaped line, each said once."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.said: list[str] = []
+
+    def add(self, text: str | None) -> None:
+        if text and text not in self.said:
+            self.said.append(text)
+            print(f"ralph-systemd run: warning: {one_line(text)}", file=self.err)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -122,6 +122,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise RunError(str(e), EXIT_LAUNCH_FAILED) from None
     except BusError as e:
         raise RunError(f"cannot reach the systemd user manager: {e}", EXIT_LAUNCH_FAILED) from None
+    warnings = _Warnings(err)
     detached = False
     try:
         if not args.detach:
@@ -130,10 +131,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         d = sup.launch(spec)
         if d.result is not None:  # the launch failed; nothing was left behind
             if args.json:
-                print(json.dumps(_json(d.result)), file=out)
+                print(json.dumps(_json(d.result, EXIT_LAUNCH_FAILED, [])), file=out)
             raise RunError(d.result.error or "the launch failed", EXIT_LAUNCH_FAILED)
+        warnings.add(log_space_problem(d.log_path) if d.log_path else None)
         if args.detach:
-            info = _detached(sup, d)
+            info = _detached(d)
             sup.close(stop_running=False)
             detached = True
             if args.json:
@@ -146,21 +148,38 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if not detached:
             sup.close(stop_running=True)
+    for w in getattr(result, "warnings", ()):
+        warnings.add(w)
+    if result.log_path:
+        warnings.add(log_space_problem(os.path.dirname(result.log_path)))
+    code = exit_code(result, sup.signals_received)
     if args.json:
-        print(json.dumps(_json(result)), file=out)
+        print(json.dumps(_json(result, code, warnings.said)), file=out)
     elif args.verbose or out.isatty():
-        print_pairs(_summary(result), out)
+        print_pairs(_summary(result, code), out)
+    return code
+
+
+def exit_code(result: DispatchResult, signals: list[int]) -> int:
+    """The documented exit status of `run`: 130 when we were interrupted by SIGINT, 143 when the dispatch was
+    stopped (by `ralph-systemd stop`, `systemctl --user stop`, SIGTERM to us), else the result's own code.
+    A stopped or interrupted run never exits 0, whatever the session returned (`cat` exits 0 on EOF)."""
+    if signal.SIGINT in signals:
+        return EXIT_INTERRUPTED
+    if str(result.status) == "stopped":
+        return EXIT_STOPPED
     return result.exit_status_for_shell()
 
 
-def _json(r: DispatchResult) -> dict[str, Any]:
+def _json(r: DispatchResult, code: int, warnings: list[str]) -> dict[str, Any]:
     d = r.to_json()
-    d["exit_status"] = r.exit_status_for_shell()
+    d["exit_status"] = code
+    d["warnings"] = list(warnings)
     return d
 
 
-def _detached(sup: Supervisor, d: Dispatch) -> dict[str, Any]:
-    inv = d.invocation_id
-    return {"ticket": d.ticket, "session": d.session, "unit": d.unit, "invocation_id": inv, "status": "running",
-            "pid": d.pid, "log_path": d.log_path, "timeout_s": d.spec.timeout if d.spec else None}
+def _detached(d: Dispatch) -> dict[str, Any]:
+    return {"ticket": d.ticket, "session": d.session, "unit": d.unit, "invocation_id": d.invocation_id,
+            "status": "running", "pid": d.pid, "log_path": d.log_path,
+            "timeout_s": d.spec.timeout if d.spec else None}
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 USEC = 1e-6
+MAX_LIMIT = 2**64 - 2  # systemd's uint64 limits: 2^64 - 1 means "infinity"
+MAX_CPU_PERCENT = 100_000.0  # a thousand CPUs
 _MINUTE = 60.0
 _HOUR = 3600.0
 _DAY = 86400.0
@@ -63,15 +66,33 @@ SIZE_HELP = "a size in bytes with an optional 1024-based suffix K, M, G or T (e.
 
 def parse_size(text: str) -> int:
     """Bytes in a systemd size ("512M" = 512 * 1024**2); ValueError for garbage or zero."""
+    if text.strip().startswith("-"):
+        raise ValueError(f"size {text!r} is negative: give {SIZE_HELP}")
     m = _SIZE.fullmatch(text)
     if m is None:
         raise ValueError(f"{text!r} is not a size: give {SIZE_HELP}")
     number, unit = m.groups()
     if unit.upper() not in _SIZE_UNITS or (unit.islower() and unit != "k"):
         raise ValueError(f"{text!r} has an unknown size suffix {unit!r}: give {SIZE_HELP}")
-    value = int(float(number) * _SIZE_UNITS[unit.upper()])
+    value = int(Fraction(number) * _SIZE_UNITS[unit.upper()])  # exact: no float rounding of big sizes
     if value <= 0:
         raise ValueError(f"size {text!r} is zero: give {SIZE_HELP}")
+    if value > MAX_LIMIT:
+        raise ValueError(f"size {text!r} is too large: systemd takes at most {MAX_LIMIT} bytes (just under 16E); "
+                         "leave the option out for no limit")
+    return value
+
+
+def parse_count(text: str) -> int:
+    """A positive whole number below systemd's uint64 "infinity" (a task limit, a line count)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise ValueError(f"{text!r} must be a positive whole number")
+    if value > MAX_LIMIT:
+        raise ValueError(f"{text!r} is too large: at most {MAX_LIMIT}; leave the option out for no limit")
     return value
 
 
@@ -84,6 +105,9 @@ def parse_percent(text: str) -> float:
         raise ValueError(f"{text!r} is not a CPU quota: give a percentage of one CPU like 50% or 200%") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"CPU quota {text!r} must be a positive percentage like 50% or 200%")
+    if value > MAX_CPU_PERCENT:
+        raise ValueError(f"CPU quota {text!r} is more than {MAX_CPU_PERCENT:.0f}% ({MAX_CPU_PERCENT / 100:.0f} CPUs): "
+                         "give a percentage of one CPU like 50%, or 200% for two CPUs")
     return value
 
 

@@ -8,12 +8,30 @@ unit's state, and once it has ended we copy what is left and return. No timer, n
 
 from __future__ import annotations
 
+import errno
 import selectors
 from typing import BinaryIO
 
 from ralph_systemd.bus import SystemdBus
 from ralph_systemd.inotify import IN_CLOSE_WRITE, IN_DELETE_SELF, IN_MODIFY, Inotify
 from ralph_systemd.retry import BusError
+
+
+class FollowError(Exception):
+    """The log cannot be followed (no inotify instance or watch to be had): one line with the fix."""
+
+
+def _watch(log_path: str) -> Inotify:
+    try:
+        return Inotify(log_path, IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE_SELF)
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENOSPC, errno.ENFILE):
+            what = "inotify watches" if e.errno == errno.ENOSPC else "inotify instances (or file descriptors)"
+            raise FollowError(f"cannot follow {log_path}: this user has run out of {what} "
+                              f"({errno.errorcode.get(e.errno or 0, e.errno)}); raise fs.inotify.max_user_instances "
+                              "/ max_user_watches with sysctl, or drop -f to print the log as it is now") from None
+        raise FollowError(f"cannot follow {log_path}: {e.strerror}") from None
+
 
 def copy_new(src: BinaryIO, out: BinaryIO) -> int:
     """Copy whatever src has beyond its current position to out; bytes copied."""
@@ -29,7 +47,7 @@ def copy_new(src: BinaryIO, out: BinaryIO) -> int:
 def follow(log_path: str, bus: SystemdBus, unit: str, out: BinaryIO) -> None:
     """Print the log from its start, then as it grows, until `unit` has ended (or the log is deleted)."""
     with open(log_path, "rb") as src:
-        watch = Inotify(log_path, IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE_SELF)  # before the first read: nothing written in between is missed
+        watch = _watch(log_path)  # before the first read: nothing written in between is missed
         sel = selectors.DefaultSelector()
         try:
             bus.ref_unit(unit)  # its PropertiesChanged now reaches us; a ref on a live scope keeps nothing alive

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ralph_systemd.bus import SystemdBus
-from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, ticket_from_unit_name, unit_name_for_ticket
+from ralph_systemd.bus import NO_LIMIT, SystemdBus, monotonic_us
+from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, parse_unit_name, unit_name_for_ticket
 from ralph_systemd.scope import facts_from_unit
 
-NO_LIMIT = 2**64 - 1
+UNIT_PATTERN = f"{UNIT_PREFIX}*{UNIT_SUFFIX}"
 
 
-def resolve_unit(target: str) -> str:
-    """A `ralph-*.scope` unit name as given, else the unit of a ticket id (ValueError if it cannot be one)."""
-    if target.startswith(UNIT_PREFIX) and target.endswith(UNIT_SUFFIX) and ticket_from_unit_name(target):
+def looks_like_unit(target: str) -> bool:
+    return target.startswith(UNIT_PREFIX) and target.endswith(UNIT_SUFFIX)
+
+
+def resolve_unit(target: str, project: str | None = None) -> str:
+    """A `ralph-<key>-<ticket>.scope` unit name as given, else the unit of ticket `target` in `project` (a key;
+    None = the current directory's project). ValueError when the target is neither."""
+    if looks_like_unit(target):
+        if parse_unit_name(target) is None:
+            raise ValueError(f"{target!r} looks like a unit name but is not one of ours: ralph-systemd units are "
+                             "ralph-<8 hex digits>-<escaped ticket>.scope (`ralph-systemd ls` shows them)")
         return target
-    return unit_name_for_ticket(target)
+    return unit_name_for_ticket(target, project)
+
+
+class AmbiguousTicket(LookupError):
+    """A ticket with no live dispatch in this project but live ones in several others."""
+
+    def __init__(self, ticket: str, units: list[str]) -> None:
+        super().__init__(f"ticket {ticket!r} has no live dispatch in this project but is live in "
+                         f"{len(units)} others: {', '.join(units)}; give the unit name, or run from (or pass "
+                         "--project) the project's directory")
+        self.units = units
+
+
+def find_unit(bus: SystemdBus, target: str, project: str | None = None) -> str:
+    """The unit `target` names: a unit name as given; a ticket's unit in `project` when that is live there,
+    else the one live dispatch of that ticket in any project. When none is live, the ticket's unit in
+    `project` (the caller reports it missing). ValueError for a bad target, AmbiguousTicket for several."""
+    unit = resolve_unit(target, project)
+    if looks_like_unit(target) or dispatch_info(bus, unit) is not None:
+        return unit
+    others = [u for u in bus.list_units([UNIT_PATTERN])
+              if (p := parse_unit_name(u)) is not None and p[1] == target and dispatch_info(bus, u) is not None]
+    if len(others) == 1:
+        return others[0]
+    if len(others) > 1:
+        raise AmbiguousTicket(target, sorted(others))
+    return unit
 
 
 @dataclass(frozen=True)
@@ -40,6 +73,8 @@ class DispatchInfo:
     log_path: str | None
     invocation_id: str | None
     pids: tuple[int, ...] = ()
+    project: str | None = None  # the project key (from the unit name)
+    project_root: str | None = None  # the project's directory, as the Description names it
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -48,10 +83,6 @@ class DispatchInfo:
             if d[k] is not None:
                 d[k] = round(d[k], 3)
         return d
-
-
-def _monotonic_us() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 def dispatch_info(bus: SystemdBus, unit: str, *, with_pids: bool = False) -> DispatchInfo | None:
@@ -64,7 +95,7 @@ def dispatch_info(bus: SystemdBus, unit: str, *, with_pids: bool = False) -> Dis
         return None
     age = None
     if st.active_enter_monotonic_us:
-        end = st.inactive_enter_monotonic_us if st.ended and st.inactive_enter_monotonic_us else _monotonic_us()
+        end = st.inactive_enter_monotonic_us if st.ended and st.inactive_enter_monotonic_us else monotonic_us()
         age = max(0.0, (end - st.active_enter_monotonic_us) / 1e6)
     timeout = None if st.runtime_max_us in (NO_LIMIT, 0) else st.runtime_max_us / 1e6
     left = None if timeout is None or age is None or st.ended else max(0.0, timeout - age)
@@ -74,11 +105,12 @@ def dispatch_info(bus: SystemdBus, unit: str, *, with_pids: bool = False) -> Dis
         grace_s=st.timeout_stop_us / 1e6, memory_bytes=st.memory_current,
         cpu_s=None if st.cpu_usage_ns is None else st.cpu_usage_ns / 1e9, log_path=facts.log_path,
         invocation_id=st.invocation_id or None,
-        pids=tuple(bus.unit_processes(unit)) if with_pids and not st.ended else ())
+        pids=tuple(bus.unit_processes(unit)) if with_pids and not st.ended else (),
+        project=facts.project, project_root=facts.project_root)
 
 
 def list_dispatches(bus: SystemdBus) -> list[DispatchInfo]:
-    """Every loaded `ralph-*.scope` of this user, oldest first."""
-    out = [info for unit in bus.list_units([f"{UNIT_PREFIX}*{UNIT_SUFFIX}"])
+    """Every loaded `ralph-<key>-*.scope` of this user (all projects), oldest first."""
+    out = [info for unit in bus.list_units([UNIT_PATTERN])
            if (info := dispatch_info(bus, unit)) is not None]
     return sorted(out, key=lambda i: -(i.age_s or 0.0))

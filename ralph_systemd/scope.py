@@ -16,7 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from ralph_systemd.bus import Property
-from ralph_systemd.naming import ticket_from_unit_name
+from ralph_systemd.cli_format import safe
+from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, parse_unit_name, unescape
 from ralph_systemd.spec import DispatchSpec
 
 USEC = 1_000_000
@@ -60,25 +61,36 @@ class UnitFacts:
     ticket: str
     session: str | None
     log_path: str | None
-    command: str | None
+    command: str | None  # as the Description has it: control characters escaped
+    project: str | None = None  # the project key (from the unit name)
+    project_root: str | None = None  # as the Description names it (escaped), when it does
 
 
-_DESC_RE = re.compile(r"^ralph ticket=(?P<rest>.*)$", re.S)
+_DESC_RE = re.compile(r"([A-Za-z0-9_.-]+)(?: project=([^:]*))?: (.*)", re.S)
 
 
 def facts_from_unit(unit: str, description: str, documentation: tuple[str, ...]) -> UnitFacts | None:
-    ticket = ticket_from_unit_name(unit)
-    if ticket is None:
+    """Ticket, session, log path and command of a `ralph-<key>-<ticket>.scope` (None for other names; a
+    `ralph-<ticket>.scope` of an older version is read with project None).
+
+    Description: `ralph ticket=<ticket> session=<session> project=<root>: <command>` (spec.describe)."""
+    parsed = parse_unit_name(unit)
+    if parsed is not None:
+        key: str | None = parsed[0]
+        ticket = parsed[1]
+    elif unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX) and len(unit) > len(UNIT_PREFIX + UNIT_SUFFIX):
+        key, ticket = None, unescape(unit[len(UNIT_PREFIX):-len(UNIT_SUFFIX)])  # made before project keys
+    else:
         return None
-    session = command = None
-    prefix = f"ralph ticket={ticket} session="
+    session = command = root = None
+    prefix = f"ralph ticket={safe(ticket)} session="
     if description.startswith(prefix):
-        m = re.match(r"([A-Za-z0-9_.-]+): (.*)$", description[len(prefix):], re.S)
+        m = _DESC_RE.fullmatch(description[len(prefix):])
         if m:
-            session, command = m.group(1), m.group(2)
+            session, root, command = m.group(1), m.group(2), m.group(3)
     log_path = None
     for doc in documentation:
         if doc.startswith("file://"):
             log_path = urllib.parse.unquote(doc[len("file://"):])
             break
-    return UnitFacts(ticket, session, log_path, command)
+    return UnitFacts(ticket, session, log_path, command, key, root)

@@ -9,7 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ralph_systemd.naming import unit_name_for_ticket, validate_session, validate_ticket
+from ralph_systemd.durations import MAX_CPU_PERCENT, MAX_LIMIT
+from ralph_systemd.cli_format import safe
+from ralph_systemd.naming import (
+    check_ticket_fits,
+    find_project_root,
+    project_key,
+    unit_name_for_ticket,
+    validate_session,
+    validate_ticket,
+)
 
 DEFAULT_SLICE = "ralph.slice"
 MAX_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # ten years: beyond that a "timeout" is a typo
@@ -51,8 +60,11 @@ class DispatchSpec:
     """One session to run in its own transient scope.
 
     argv        the program and its arguments; never run through a shell.
-    ticket      the ticket id; names the unit `ralph-<escaped ticket>.scope` (one live dispatch per ticket).
+    ticket      the ticket id; names the unit `ralph-<project key>-<escaped ticket>.scope` (one live dispatch
+                per ticket and project).
     cwd         working directory (the ticket's worktree).
+    project     the project key (naming.project_key(dir)); None = the key of cwd's project (the directory
+                holding its git common dir, or cwd itself outside git). After construction: always the key.
     env         the full environment of the session; None inherits this process's environment.
     session     session id; generated when None.
     timeout     wall-clock limit in seconds, enforced by systemd (RuntimeMaxSec) even if we die; None = none.
@@ -79,7 +91,9 @@ class DispatchSpec:
     tasks_max: int | None = None
     cpu_quota: float | None = None
     slice: str = DEFAULT_SLICE
+    project: str | None = None
     unit: str = field(init=False)
+    project_root: str | None = field(init=False, default=None)  # when the key was derived from cwd
 
     def __post_init__(self) -> None:
         if isinstance(self.argv, (str, bytes)) or not isinstance(self.argv, Sequence):
@@ -92,12 +106,18 @@ class DispatchSpec:
             _no_nul(f"argv[{i}]", arg)
         object.__setattr__(self, "argv", tuple(self.argv))
         validate_ticket(self.ticket)
-        object.__setattr__(self, "unit", unit_name_for_ticket(self.ticket))
         object.__setattr__(self, "session", validate_session(self.session) if self.session is not None
                            else uuid.uuid4().hex[:16])
+        assert self.session is not None
+        check_ticket_fits(self.ticket, self.session)  # unit name AND log file name, before anything exists
         cwd = os.fspath(self.cwd)
         _no_nul("cwd", cwd)
         object.__setattr__(self, "cwd", os.path.abspath(cwd))
+        if self.project is None:
+            root = find_project_root(self.cwd)
+            object.__setattr__(self, "project_root", os.fspath(root))
+            object.__setattr__(self, "project", project_key(root))
+        object.__setattr__(self, "unit", unit_name_for_ticket(self.ticket, self.project))
         if self.env is not None:
             env = dict(self.env)
             for k, v in env.items():
@@ -124,8 +144,16 @@ class DispatchSpec:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.cpu_quota is not None:
-            q = _seconds("cpu_quota", self.cpu_quota, allow_none=False)
-            assert q is not None
+            q = self.cpu_quota
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or q <= 0 \
+                    or q > MAX_CPU_PERCENT:
+                raise ValueError(f"cpu_quota must be a percentage of one CPU above 0 and at most {MAX_CPU_PERCENT:.0f} "
+                                 f"(e.g. 50 or 200 for two CPUs), got {q!r}")
+        for name in ("memory_max", "tasks_max"):
+            v = getattr(self, name)
+            if v is not None and v > MAX_LIMIT:
+                raise ValueError(f"{name} of {v} is too large: systemd takes at most {MAX_LIMIT}; leave it out "
+                                 "for no limit")
         if not (self.slice.endswith(".slice") and unit_name_is_plain(self.slice)):
             raise ValueError(f"slice {self.slice!r} is not a slice unit name like 'ralph.slice'")
         if self.log_dir is not None:
@@ -140,11 +168,16 @@ class DispatchSpec:
         return dict(os.environ) if self.env is None else dict(self.env)
 
     def describe(self) -> str:
-        """The unit Description: what an operator sees in `systemctl --user status`."""
+        """The unit Description: what an operator sees in `systemctl --user status`.
+
+        `ralph ticket=<ticket> session=<session> project=<root or key>: <command>`, every part with control
+        characters escaped (so it is harmless on a terminal) and ':' escaped in the project, so
+        scope.facts_from_unit can split it back."""
         cmd = " ".join(self.argv)
         if len(cmd) > 160:
             cmd = cmd[:157] + "..."
-        return f"ralph ticket={self.ticket} session={self.session}: {cmd}"
+        project = safe(self.project_root if self.project_root is not None else self.project).replace(":", "\\x3a")
+        return f"ralph ticket={safe(self.ticket)} session={self.session} project={project}: {safe(cmd)}"
 
 
 def unit_name_is_plain(name: str) -> bool:

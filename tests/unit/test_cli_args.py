@@ -52,6 +52,18 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     (["stop"], "give one TICKET or UNIT to stop, or --all"),
     (["gc", "--older-than", "old"], "'old' is not a time span"),
     ([], "required: COMMAND"),
+    (["run", "--timeout", "-1s", "--", "true"], "time span '-1s' is negative"),
+    (["run", "--memory-max", "-5M", "--", "true"], "size '-5M' is negative"),
+    (["run", "--ticket", "-rf", "--", "true"], "ticket id '-rf' starts with '-'"),
+    (["run", "-t", "-rf", "--", "true"], "ticket id '-rf' starts with '-'"),
+    (["run", "--memory-max", "16E", "--", "true"], "too large"),
+    (["run", "--tasks-max", "99999999999999999999999", "--", "true"], "too large"),
+    (["run", "--cpu-quota", "1e30%", "--", "true"], "more than 100000%"),
+    (["run", "--ticket", "x" * 240, "--", "true"], "log file name (with this 16-character session id) allows 225"),
+    (["logs", "x", "-n", "-5"], "positive whole number"),
+    (["status", "ralph-../x.scope"], "neither a ticket id nor a ralph-systemd unit name"),
+    (["status", "ralph-*.scope"], "neither a ticket id nor a ralph-systemd unit name"),
+    (["stop", "ralph-x.scope"], "neither a ticket id nor a ralph-systemd unit name"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_input_is_one_line_on_stderr(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +93,7 @@ def test_default_ticket_is_readable_unique_and_needs_no_escaping() -> None:
     assert len(tickets) == 50
     for t in tickets:
         assert re.fullmatch(r"pi\.[0-9a-f]{6}", t)
-        assert unit_name_for_ticket(t) == f"ralph-{t}.scope"
+        assert unit_name_for_ticket(t, "0123abcd") == f"ralph-0123abcd-{t}.scope"
     assert re.fullmatch(r"my_tool\.[0-9a-f]{6}", default_ticket(["./my-tool"]))
     assert re.fullmatch(r"run\.[0-9a-f]{6}", default_ticket([".."]))
 

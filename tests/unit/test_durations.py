@@ -63,7 +63,24 @@ def test_bad_sizes(text: str) -> None:
 
 @given(st.integers(1, 2**40), st.sampled_from(["", "K", "M", "G"]))
 def test_size_multiplies(n: int, suffix: str) -> None:
-    assert parse_size(f"{n}{suffix}") == n * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[suffix]
+    want = n * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[suffix]
+    if want > 2**64 - 2:  # systemd's uint64 "infinity" is 2^64 - 1: larger sizes are refused, not wrapped
+        with pytest.raises(ValueError, match="too large"):
+            parse_size(f"{n}{suffix}")
+    else:
+        assert parse_size(f"{n}{suffix}") == want
+
+
+@pytest.mark.parametrize("text", ["16E", "99999999999999999999999", "16384P", "18446744073709551615"])
+def test_sizes_of_2_64_or_more_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="too large.*leave the option out"):
+        parse_size(text)
+    assert parse_size("18446744073709551614") == 2**64 - 2
+
+
+def test_huge_cpu_quota_says_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"more than 100000% \(1000 CPUs\)"):
+        parse_percent("1e30%")
 
 
 @pytest.mark.parametrize("text, pct", [("50%", 50), ("50", 50), ("200%", 200), ("12.5%", 12.5)])

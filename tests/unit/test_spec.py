@@ -7,6 +7,8 @@ import math
 import pytest
 
 from ralph_systemd import DispatchSpec
+from ralph_systemd.naming import project_key
+from ralph_systemd.scope import facts_from_unit
 
 
 def make(**kw: object) -> DispatchSpec:
@@ -43,8 +45,38 @@ def test_bad_input_is_refused_with_a_clear_message(kw: dict[str, object], words:
 
 def test_defaults() -> None:
     s = make()
-    assert s.unit == r"ralph-T\x2d1.scope"
+    assert s.unit == rf"ralph-{s.project}-T\x2d1.scope" and s.project == project_key(s.cwd)
     assert s.session and len(s.session) == 16
     assert s.eof_grace == 2.0 and s.grace == 10.0
     assert make(grace=2).eof_grace == 0.5
-    assert s.describe().startswith(f"ralph ticket=T-1 session={s.session}: true")
+    assert s.describe() == f"ralph ticket=T-1 session={s.session} project={s.project_root}: true"
+
+
+def test_description_escapes_control_characters_and_parses_back() -> None:
+    argv = ["sh", "-c", "printf '\x1b]0;pwned\x07\x1b[2J'\nFAKE-T active rm -rf ~", "\u202e"]
+    s = make(argv=argv, ticket="T:\u202e1", cwd="/tmp")
+    desc = s.describe()
+    assert desc.isprintable(), desc
+    assert "\\x1b]0;pwned\\x07" in desc and "\\n" in desc and "\\u202e" in desc
+    facts = facts_from_unit(s.unit, desc, ("file:///l%20og",))
+    assert facts is not None
+    assert (facts.ticket, facts.session, facts.project, facts.log_path) == ("T:\u202e1", s.session, s.project,
+                                                                           "/l og")
+    assert facts.command is not None and facts.command.startswith("sh -c printf") and facts.command.isprintable()
+
+
+def test_an_explicit_project_key_names_the_unit() -> None:
+    s = make(project="0123abcd")
+    assert s.unit == r"ralph-0123abcd-T\x2d1.scope" and s.project_root is None
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(memory_max=2**64 - 1), "too large"),
+    (dict(tasks_max=2**70), "too large"),
+    (dict(cpu_quota=1e30), "percentage of one CPU"),
+    (dict(ticket="x" * 226), "log file name .* allows 225"),
+    (dict(project="XYZ"), "project key"),
+])
+def test_limits_and_lengths(kw: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        make(**kw)
