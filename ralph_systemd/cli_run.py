@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # Before the launch: a Ctrl-C as soon as the session runs must reach the ladder, not raise.
             sup.handle_signals(action="stop")
         d = sup.launch(spec)
-        if d.result is not None:  # the launch failed; nothing was left behind
+        if d.result is not None:  # the launch failed; nothing may be left behind
+            _drop_empty_log(d.result.log_path)
             if args.json:
                 print(json.dumps(_json(d.result, EXIT_LAUNCH_FAILED, [])), file=out)
             raise RunError(d.result.error or "the launch failed", EXIT_LAUNCH_FAILED)
@@ -158,6 +159,17 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif args.verbose or out.isatty():
         print_pairs(_summary(result, code), out)
     return code
+
+
+def _drop_empty_log(path: str | None) -> None:
+    """A launch that failed leaves no log file: an empty one would hide the real dispatch's log."""
+    if not path:
+        return
+    try:
+        if os.stat(path, follow_symlinks=False).st_size == 0:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def exit_code(result: DispatchResult, signals: list[int]) -> int:

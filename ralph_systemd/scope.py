@@ -51,7 +51,7 @@ def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: st
 
 
 def log_uri(path: str) -> str:
-    return "file://" + urllib.parse.quote(path)
+    return "file://" + urllib.parse.quote(path, safe="/@")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ralph_systemd.naming import project_key, unit_name_for_ticket
+
+
+def unit_of(t: str, cwd: Path | str = ".") -> str:
+    """The unit name of ticket t for a CLI run in cwd (its project key comes from that directory)."""
+    return unit_name_for_ticket(t, project_key(cwd))
+
 
 def ticket(prefix: str) -> str:
     return f"cli{prefix}.{uuid.uuid4().hex[:8]}"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import alive, cli, cli_json, popen, read_fifo, ticket, unit_loaded
+from cli_helpers import alive, cli, cli_json, popen, read_fifo, ticket, unit_loaded, unit_of
 
 RUN_KEYS = {"ticket", "session", "unit", "invocation_id", "status", "exit_code", "signal", "termination_method",
             "systemd_result", "leftovers_killed", "duration_s", "log_path", "error", "exit_status"}
@@ -31,7 +31,7 @@ def test_run_exit_codes_and_json(argv: list[str], code: int, status: str, sig: s
     assert rc == code
     assert RUN_KEYS <= set(j)
     assert (j["ticket"], j["unit"], j["status"], j["signal"], j["exit_status"]) == \
-        (t, f"ralph-{t}.scope", status, sig, code)
+        (t, unit_of(t, tmp_path), status, sig, code)
     assert j["exit_code"] == (None if sig else code)
     assert j["systemd_result"] == "success" and j["error"] is None and len(j["invocation_id"]) == 32
     assert Path(j["log_path"]).parent == tmp_path and j["duration_s"] > 0
@@ -73,7 +73,7 @@ def test_run_missing_program_is_125_and_leaves_nothing(tmp_path: Path) -> None:
     assert r.stderr.count("\n") == 1 and "'no-such-program-xyz' was not found in PATH" in r.stderr
     j = json.loads(r.stdout)
     assert (j["status"], j["exit_status"], j["log_path"]) == ("error", 125, None)
-    assert not unit_loaded(f"ralph-{t}.scope") and not logs.exists()
+    assert not unit_loaded(unit_of(t)) and not logs.exists()
 
 
 def test_a_second_run_of_a_live_ticket_is_125(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_bad_run_input_changes_nothing(args: list[str], needle: str, tmp_path: P
     r = cli("run", "--ticket", t, "--log-dir", str(logs), *args, "--", "true")
     assert r.returncode in (2, 125) and r.stdout == ""
     assert r.stderr.count("\n") == 1 and needle in r.stderr and "Traceback" not in r.stderr
-    assert not unit_loaded(f"ralph-{t}.scope") and not logs.exists()
+    assert not unit_loaded(unit_of(t)) and not logs.exists()
 
 
 @pytest.mark.parametrize("cmd", [["status"], ["stop"], ["logs"], ["status", "--json"]])
@@ -110,7 +110,7 @@ def test_unknown_ticket_is_4_with_one_line(cmd: list[str], tmp_path: Path) -> No
     r = cli(*cmd, t, *(["--log-dir", str(tmp_path)] if cmd == ["logs"] else []))
     assert (r.returncode, r.stdout) == (4, "")
     assert r.stderr.count("\n") == 1 and repr(t) in r.stderr and "Traceback" not in r.stderr
-    assert not unit_loaded(f"ralph-{t}.scope")
+    assert not unit_loaded(unit_of(t))
 
 
 def test_detach_ls_status_logs_stop(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_detach_ls_status_logs_stop(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     rc, j = cli_json("run", "--detach", "--json", "--ticket", t, "--timeout", "5min", "--log-dir", str(tmp_path),
                      "--", "sh", "-c", f"echo started; echo x > {fifo}; sleep 300 & wait")
-    assert rc == 0 and j["status"] == "running" and j["unit"] == f"ralph-{t}.scope"
+    assert rc == 0 and j["status"] == "running" and j["unit"] == unit_of(t)
     read_fifo(fifo)  # the session is running, in its scope, after we returned
     try:
         rc, rows = cli_json("ls", "--json")
@@ -133,8 +133,8 @@ def test_detach_ls_status_logs_stop(tmp_path: Path) -> None:
         r = cli("ls")
         assert r.returncode == 0 and any(line.split()[0] == t for line in r.stdout.splitlines())
         r = cli("ls", "-v")
-        assert r.stdout.splitlines()[0].split() == ["TICKET", "SESSION", "STATE", "AGE", "LEFT", "MEMORY", "CPU",
-                                                    "COMMAND"]
+        assert r.stdout.splitlines()[0].split() == ["TICKET", "PROJECT", "SESSION", "STATE", "AGE", "LEFT", "MEMORY",
+                                                    "CPU", "COMMAND"]
         rc, st = cli_json("status", "--json", t)
         assert rc == 0 and st["ticket"] == t and len(st["pids"]) == 2  # sh and its sleep
         pids = st["pids"]
@@ -168,8 +168,8 @@ def test_stop_of_a_foreground_run_goes_through_its_launchers_ladder(tmp_path: Pa
             launcher.kill()
     j = json.loads(out)
     # The launcher got RequestStop and ran the ladder: EOF, then SIGTERM, which the session's trap handled.
-    # A stopped run exits 143 whatever the session's own code (7 here): a stop is never mistaken for a result.
-    assert launcher.returncode == 143
+    # A stopped run exits 143 whatever the session's own code (7 here).
+    assert launcher.returncode == 143 and j["exit_status"] == 143
     assert (j["status"], j["termination_method"], j["exit_code"]) == ("stopped", "sigterm", 7)
     assert "got-term" in Path(j["log_path"]).read_text()
 
@@ -181,7 +181,7 @@ def test_stop_all(tmp_path: Path) -> None:
                    "--", "sleep", "60").returncode == 0
     rc, results = cli_json("stop", "--all", "--json")
     assert rc == 0 and {r["ticket"] for r in results} >= set(ts)
-    assert not any(unit_loaded(f"ralph-{t}.scope") for t in ts)
+    assert not any(unit_loaded(unit_of(t)) for t in ts)
 
 
 def test_logs_follow_streams_until_the_dispatch_ends(tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_logs_follow_streams_until_the_dispatch_ends(tmp_path: Path) -> None:
             follower.kill()
     assert follower.returncode == 0, err
     assert rest == b"two\n"
-    assert not unit_loaded(f"ralph-{t}.scope")
+    assert not unit_loaded(unit_of(t))
 
 
 def test_logs_tail_lines(tmp_path: Path) -> None:
@@ -217,15 +217,16 @@ def test_logs_tail_lines(tmp_path: Path) -> None:
 
 
 def test_gc_resets_failed_units_and_removes_old_logs_but_not_live_ones(tmp_path: Path) -> None:
-    failed = f"ralph-{ticket('gcfail')}.scope"
+    failed = unit_of(ticket("gcfail"))
     subprocess.run(["systemd-run", "--user", "--scope", "-q", f"--unit={failed}", "-p", "RuntimeMaxSec=200ms",
                     "sleep", "30"], capture_output=True, timeout=30)
     assert unit_loaded(failed)  # failed, kept until reset
-    old, new = tmp_path / "old.x.log", tmp_path / "new.x.log"
-    old.write_text("old")
-    new.write_text("new")
     week_ago = time.time() - 8 * 86400
+    rc, done = cli_json("run", "--json", "--log-dir", str(tmp_path), "--", "echo", "old")
+    old = Path(done["log_path"])
     os.utime(old, (week_ago, week_ago))
+    rc, fresh = cli_json("run", "--json", "--log-dir", str(tmp_path), "--", "echo", "new")
+    new = Path(fresh["log_path"])
     t = ticket("gclive")
     rc, live = cli_json("run", "--detach", "--json", "--ticket", t, "--timeout", "1min", "--log-dir", str(tmp_path),
                         "--", "sleep", "60")
@@ -299,6 +300,6 @@ def test_ctrl_c_stops_the_session_with_the_ladder(tmp_path: Path) -> None:
         if launcher.poll() is None:
             launcher.kill()
     j = json.loads(out)
-    assert launcher.returncode == 143  # sleep ignores EOF, so the ladder's SIGTERM ended it
+    assert launcher.returncode == 130  # interrupted by SIGINT; sleep ignores EOF, so the ladder's SIGTERM ended it
     assert (j["status"], j["termination_method"], j["signal"]) == ("stopped", "sigterm", "SIGTERM")
-    assert not unit_loaded(f"ralph-{t}.scope")
+    assert not unit_loaded(unit_of(t))
