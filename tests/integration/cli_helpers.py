@@ -24,9 +24,21 @@ def ticket(prefix: str) -> str:
     return f"cli{prefix}.{uuid.uuid4().hex[:8]}"
 
 
+# -P: with RALPH_TEST_CLI_PATH the working directory must not shadow that checkout on sys.path
+CLI = [sys.executable, *(["-P"] if os.environ.get("RALPH_TEST_CLI_PATH") else []), "-m", "ralph_systemd"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The CLI's environment. RALPH_TEST_CLI_PATH=DIR runs the CLI from another checkout's code (PYTHONPATH),
+    while the tests' own helpers stay on this one: how a new test is seen to fail on the old code."""
+    env = dict(os.environ, **extra)
+    if os.environ.get("RALPH_TEST_CLI_PATH"):
+        env["PYTHONPATH"] = os.environ["RALPH_TEST_CLI_PATH"]
+    return env
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ralph_systemd", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=cli_env())
 
 
 def cli_json(*args: str, cwd: Path | None = None) -> tuple[int, Any]:
@@ -36,7 +48,7 @@ def cli_json(*args: str, cwd: Path | None = None) -> tuple[int, Any]:
 
 
 def popen(*args: str, cwd: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "ralph_systemd", *args], cwd=cwd, **kw)
+    return subprocess.Popen([*CLI, *args], cwd=cwd, env=cli_env(), **kw)
 
 
 def read_fifo(path: Path, timeout: float = 30.0) -> bytes:
