@@ -27,6 +27,7 @@ pytest_plugins = ["faults_table"]
 pytestmark = pytest.mark.slow
 
 Figure = Callable[[str, str], None]
+KEY = "0123abcd"  # a project key (naming.project_key); the fuzz is about the ticket part of the name
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -119,7 +120,7 @@ def test_ticket_fuzz_every_id_is_a_unique_valid_unit_or_a_clear_error(tmp_path: 
     @given(tickets)
     def check(t: str) -> None:
         try:
-            name = unit_name_for_ticket(t)
+            name = unit_name_for_ticket(t, KEY)
         except ValueError as e:
             msg = str(e)
             assert msg and "\n" not in msg and "ticket" in msg
@@ -139,7 +140,7 @@ def test_ticket_fuzz_every_id_is_a_unique_valid_unit_or_a_clear_error(tmp_path: 
         chunk = accepted[k:k + 500]
         theirs = _systemd_escape([t for _, t in chunk])
         assert len(theirs) == len(chunk)
-        disagree += [(n, t) for (n, t), esc in zip(chunk, theirs) if n != f"ralph-{esc}.scope"]
+        disagree += [(n, t) for (n, t), esc in zip(chunk, theirs) if n != f"ralph-{KEY}-{esc}.scope"]
     # A sample is started for real: systemd accepts the name, and the session finds itself in that scope.
     sample = [t for _, t in accepted if 0 < len(t) < 40][:40] + ["../../etc", "x.service", "-", "a/b", "中文", ".x"]
     started_ok = 0
@@ -356,10 +357,10 @@ def test_logs_are_private(tmp_path: Path, figure: Figure) -> None:
        .map("".join))
 def _confined(t: str) -> None:
     try:
-        name = unit_name_for_ticket(t)
+        name = unit_name_for_ticket(t, KEY)
     except ValueError:
         return
-    assert name.startswith("ralph-") and name.endswith(".scope") and "/" not in name
+    assert name.startswith(f"ralph-{KEY}-") and name.endswith(".scope") and "/" not in name
     assert all(c.isascii() and (c.isalnum() or c in ":_.-\\") for c in name)  # no '@': never a template
     assert ticket_from_unit_name(name) == t
 

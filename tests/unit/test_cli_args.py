@@ -137,3 +137,41 @@ def test_no_user_bus_is_one_line_with_the_fix(argv: list[str], expected: int, tm
     assert code == expected
     assert out == "" and err.count("\n") == 1
     assert "user bus" in err and "loginctl enable-linger" in err
+
+
+def test_tf_passes_everything_after_it_to_tf(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    import types
+    seen: list[list[str]] = []
+    fake = types.ModuleType("ralph_systemd.tf.cli")
+    fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ralph_systemd.tf.cli", fake)
+    assert run_cli(["tf", "ralph", "start", "--parallel", "2"], capsys)[0] == 7
+    assert run_cli(["-v", "tf", "--help"], capsys)[0] == 7
+    assert run_cli(["tf", "--", "--timeout", "-1s"], capsys)[0] == 7
+    assert seen == [["ralph", "start", "--parallel", "2"], ["--help"], ["--timeout", "-1s"]]
+
+
+def test_tf_without_its_module_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    monkeypatch.setitem(sys.modules, "ralph_systemd.tf.cli", None)  # makes the import fail
+    code, out, err = run_cli(["tf", "ralph", "start"], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "tf integration cannot be loaded" in err
+
+
+def test_library_warnings_are_one_clean_line_each(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    def noisy(args: object, out: object, err: object) -> int:
+        logging.getLogger("ralph_systemd.bus").warning("D-Bus call %s failed\ntransiently: \x1b[2J", "GetUnit")
+        logging.getLogger("ralph_systemd.bus").info("retry succeeded")  # below warning: not shown
+        return 0
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["ls"].set_defaults(func=noisy)  # type: ignore[union-attr]
+    code, out, err = run_cli(["ls"], capsys)
+    assert code == 0 and out == ""
+    assert err == "ralph-systemd ls: warning: D-Bus call GetUnit failed transiently: \\x1b[2J\n"
