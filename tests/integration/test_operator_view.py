@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 from cli_helpers import cli_json, read_fifo, ticket
@@ -33,7 +34,8 @@ def test_systemctl_status_shows_ticket_session_command_and_time_limit(tmp_path: 
         # The time limit (RuntimeMaxSec) appears as systemd's own "Until: <date>; <span> left" line.
         until = [line.strip() for line in scope.splitlines() if line.strip().startswith("Until:")]
         assert until and until[0].endswith(" left") and ("1h 29min" in until[0] or "1h 30min" in until[0]), scope
-        assert f"Docs: file://{j['log_path']}" in scope  # where its output goes
+        docs = [line.strip()[len("Docs: "):] for line in scope.splitlines() if line.strip().startswith("Docs: ")]
+        assert docs and urllib.parse.unquote(docs[0]) == f"file://{j['log_path']}", scope  # where its output goes
         slice_ = _status("ralph.slice")
         assert j["unit"] in slice_ and "sleep 5400" in slice_
     finally:
