@@ -86,3 +86,14 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
+    """Read from fd (a pty's master side) until needle has appeared or timeout passed; everything read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+        if ready:
+            seen += os.read(fd, 4096)
+    return seen

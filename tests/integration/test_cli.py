@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import alive, cli, cli_json, popen, read_fifo, ticket, unit_loaded, unit_of
+from cli_helpers import alive, cli, cli_json, popen, read_fifo, read_until, ticket, unit_loaded, unit_of
 
 RUN_KEYS = {"ticket", "session", "unit", "invocation_id", "status", "exit_code", "signal", "termination_method",
             "systemd_result", "leftovers_killed", "duration_s", "log_path", "error", "exit_status"}
@@ -250,13 +250,8 @@ def test_progress_on_a_tty_shows_elapsed_time_left_and_the_last_line(tmp_path: P
     proc = popen("run", "--timeout", "10min", "--log-dir", str(tmp_path), "--",
                  "sh", "-c", f"echo progress-marker; read x < {go}", stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
-    seen = b""
     try:
-        deadline = time.monotonic() + 30
-        while b"progress-marker" not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
-            if ready:
-                seen += os.read(master, 4096)
+        seen = read_until(master, b"progress-marker")
         with open(go, "w") as f:
             f.write("go\n")
         assert proc.wait(timeout=30) == 0

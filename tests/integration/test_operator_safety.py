@@ -13,19 +13,17 @@ import ctypes.util
 import json
 import os
 import pty
-import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import CLI, cli, cli_env, cli_json, popen, read_fifo, ticket, unit_loaded, unit_of
+from cli_helpers import CLI, cli, cli_env, cli_json, popen, read_fifo, read_until, ticket, unit_loaded, unit_of
 
 from ralph_systemd.bus import PystemdUserBus
 from ralph_systemd.logs import MARKER_XATTR
@@ -334,13 +332,8 @@ def test_hostile_argv_and_output_never_reach_the_terminal_raw(tmp_path: Path, fi
                  f"printf 'ok\\n\\033]0;t\\007\\033[2Jhostile\\rline\\n'; read x < {go}; exit 0", *HOSTILE,
                  stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
-    seen = b""
     try:
-        deadline = time.monotonic() + 30
-        while b"hostile" not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
-            if ready:
-                seen += os.read(master, 4096)
+        seen = read_until(master, b"hostile")
         with open(go, "w") as f:
             f.write("go\n")
         out, _ = proc.communicate(timeout=30)
