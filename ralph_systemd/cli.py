@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the dispatch ends")
     lg.add_argument("-n", "--lines", type=COUNT, metavar="N", help="only the last N lines")
     lg.add_argument("--session", metavar="S", help="that session's log, not the newest")
+    lg.add_argument("--raw", action="store_true",
+                    help="on a terminal, print control sequences as they are (default: escaped; colours pass)")
     lg.add_argument("--log-dir", metavar="DIR", help="where finished dispatches' logs are (default: the run default)")
     lg.set_defaults(func=cmd_logs)
 

@@ -7,9 +7,11 @@ Everything a session or a unit supplied (argv in a Description, a log line, a ti
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 import shutil
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -69,3 +71,31 @@ def last_line(path: str | None, width: int) -> str:
 def one_line(e: BaseException | str) -> str:
     """An error message as one escaped line (for stderr)."""
     return safe(" ".join(str(e).split()))
+
+
+_SGR = re.compile(r"\x1b\[[0-9;]{0,32}m")  # colours and bold: they cannot move, clear or retitle anything
+_UNSAFE = re.compile(r"\x1b\[[0-9;]{0,32}m|\r(?!\n)|[^\n\t\r\x20-\x7e\xa0-\U0010ffff]|[\x7f-\x9f]|"
+                     r"[\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def terminal_safe(text: str) -> str:
+    """A session's output for a terminal: newlines, tabs and colours (SGR) kept, every other control
+    character or sequence (ESC that moves, clears or retitles; a bare CR that overwrites a line; bidi
+    overrides) escaped."""
+    return _UNSAFE.sub(lambda m: m.group(0) if _SGR.fullmatch(m.group(0)) else safe(m.group(0)), text)
+
+
+class TerminalSink:
+    """A binary sink that writes a session's output to a terminal through terminal_safe (UTF-8, decoded
+    incrementally, so a character split between two reads stays whole)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(terminal_safe(self._decoder.decode(data)).encode())
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()  # a partial character stays in the decoder until its next bytes arrive

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError, PystemdUserBus, SystemdBus
-from ralph_systemd.cli_format import last_line, print_pairs, safe, table
+from ralph_systemd.cli_format import TerminalSink, last_line, print_pairs, safe, table
 from ralph_systemd.durations import format_duration, format_size
 from ralph_systemd.follow import FollowError, copy_new, follow
 from ralph_systemd.inspect import (
@@ -32,7 +32,8 @@ from ralph_systemd.inspect import (
     resolve_unit,
 )
 from ralph_systemd.logs import LogFile, is_ours, open_log_dir, session_logs
-from ralph_systemd.naming import parse_unit_name, project_key
+from ralph_systemd.scope import facts_from_unit
+from ralph_systemd.naming import is_unit_name_of_ours, project_key
 from ralph_systemd.spec import default_log_dir
 from ralph_systemd.supervisor import Supervisor
 from ralph_systemd.units import install_units, user_unit_dir
@@ -238,9 +239,9 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             unit = args.target
         else:
             unit = _find(bus, args.target, key) if bus is not None else resolve_unit(args.target, key)
-        parsed = parse_unit_name(unit)
-        assert parsed is not None
-        unit_key, ticket = parsed
+        facts = facts_from_unit(unit, "", ())
+        assert facts is not None  # resolve_unit/find_unit give only names of ours
+        unit_key, ticket = facts.project or key, facts.ticket
         info = dispatch_info(bus, unit) if bus is not None else None
         if info is not None and args.session not in (None, info.session):
             info = None
@@ -252,8 +253,10 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 raise CliError(f"no log for {args.target!r}: no live dispatch, and no log of ticket "
                                f"{ticket!r}{' session ' + args.session if args.session else ''} in {log_dir} "
                                "(pass --log-dir if it used another one)", EXIT_NO_SUCH_DISPATCH)
-        sink = out.buffer if hasattr(out, "buffer") else sys.stdout.buffer
+        sink: Any = out.buffer if hasattr(out, "buffer") else sys.stdout.buffer
         out.flush()
+        if out.isatty() and not args.raw:  # a session's bytes never drive the terminal (colours pass)
+            sink = TerminalSink(sink)
         if args.follow and info is not None and bus is not None:
             try:
                 follow(path, bus, unit, sink)
@@ -313,7 +316,7 @@ def cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         reset: list[str] = []
         held: list[tuple[str, tuple[str, ...]]] = []
         for unit in bus.list_units([UNIT_PATTERN]):
-            if parse_unit_name(unit) is None:
+            if not is_unit_name_of_ours(unit):
                 continue
             st = bus.unit_state(unit)
             if st.active_state != "failed":

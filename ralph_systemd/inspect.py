@@ -6,7 +6,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ralph_systemd.bus import NO_LIMIT, SystemdBus, monotonic_us
-from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, parse_unit_name, unit_name_for_ticket
+from ralph_systemd.naming import (
+    UNIT_PREFIX,
+    UNIT_SUFFIX,
+    is_unit_name_of_ours,
+    parse_unit_name,
+    unit_name_for_ticket,
+)
 from ralph_systemd.scope import facts_from_unit
 
 UNIT_PATTERN = f"{UNIT_PREFIX}*{UNIT_SUFFIX}"
@@ -20,7 +26,7 @@ def resolve_unit(target: str, project: str | None = None) -> str:
     """A `ralph-<key>-<ticket>.scope` unit name as given, else the unit of ticket `target` in `project` (a key;
     None = the current directory's project). ValueError when the target is neither."""
     if looks_like_unit(target):
-        if parse_unit_name(target) is None:
+        if not is_unit_name_of_ours(target):
             raise ValueError(f"{target!r} looks like a unit name but is not one of ours: ralph-systemd units are "
                              "ralph-<8 hex digits>-<escaped ticket>.scope (`ralph-systemd ls` shows them)")
         return target

@@ -25,6 +25,7 @@ _KEY_RE = re.compile(r"[0-9a-f]{8}")
 _UNIT_RE = re.compile(r"ralph-([0-9a-f]{8})-([A-Za-z0-9:_.\\-]+)\.scope")
 #: Room for the escaped ticket in a unit name: ralph-<8 hex>-<escaped ticket>.scope, 255 characters at most.
 MAX_TICKET_IN_UNIT = MAX_UNIT_NAME - len(UNIT_PREFIX) - KEY_LEN - 1 - len(UNIT_SUFFIX)
+_LEGACY_RE = re.compile(r"ralph-[A-Za-z0-9:_.\\-]+\.scope")
 MAX_FILE_NAME = 255  # NAME_MAX of Linux file systems
 _LOG_RE = re.compile(r"([0-9a-f]{8})\.([A-Za-z0-9:_.\\-]+)@([A-Za-z0-9_.-]+)\.log")
 
@@ -119,6 +120,14 @@ def parse_unit_name(unit: str) -> tuple[str, str] | None:
     if escape(ticket) != m.group(2):  # not a name we would make (e.g. a non-canonical escape)
         return None
     return m.group(1), ticket
+
+
+def is_unit_name_of_ours(unit: str) -> bool:
+    """A name we make (`ralph-<key>-<ticket>.scope`) or made before project keys (`ralph-<ticket>.scope`):
+    a valid unit name of that shape; never a glob, a path or an empty ticket."""
+    if parse_unit_name(unit) is not None:
+        return True
+    return len(unit) <= MAX_UNIT_NAME and _LEGACY_RE.fullmatch(unit) is not None
 
 
 def ticket_from_unit_name(unit: str) -> str | None:

@@ -324,6 +324,8 @@ def test_hostile_argv_and_output_never_reach_the_terminal_raw(tmp_path: Path, fi
             env={**os.environ, "SYSTEMD_COLORS": "0"}).stdout
     finally:
         outputs["stop -v"] = cli("stop", "-v", t).stdout
+    outputs["logs (tty)"] = _on_a_tty("logs", t, "--log-dir", str(tmp_path))
+    raw_logs = _on_a_tty("logs", "--raw", t, "--log-dir", str(tmp_path))
     # run's progress line (on a pty) and its summary, for a session whose last line is hostile
     go = tmp_path / "go"
     os.mkfifo(go)
@@ -349,8 +351,33 @@ def test_hostile_argv_and_output_never_reach_the_terminal_raw(tmp_path: Path, fi
     figure("terminal safety", f"{len(HOSTILE)} hostile argv + hostile ticket and output: {sum(raw.values())} raw "
                               f"control characters on the terminal across {', '.join(outputs)}; {fake_rows} forged rows")
     assert "hostile" in outputs["run progress"] and "\\x1b" in outputs["status"]
+    assert "\\x1b]0;title" in outputs["logs (tty)"] and "\x1b]0;title" in raw_logs  # --raw: as written
     assert raw == dict.fromkeys(outputs, 0), raw
     assert fake_rows == 0
+
+
+def _on_a_tty(*args: str) -> str:
+    """The CLI's stdout when it is a terminal (a pty), as text."""
+    master, slave = pty.openpty()
+    try:
+        proc = popen(*args, stdout=slave, stderr=subprocess.DEVNULL)
+        os.close(slave)
+        slave = -1
+        data = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side has closed
+                break
+            if not chunk:
+                break
+            data += chunk
+        proc.wait(timeout=30)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return data.decode(errors="replace").replace("\r\n", "\n")
 
 
 # -- issue 10: gc and held units; the exit-code contract of run ----------------------------------------------

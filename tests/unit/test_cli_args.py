@@ -63,7 +63,8 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     (["logs", "x", "-n", "-5"], "positive whole number"),
     (["status", "ralph-../x.scope"], "neither a ticket id nor a ralph-systemd unit name"),
     (["status", "ralph-*.scope"], "neither a ticket id nor a ralph-systemd unit name"),
-    (["stop", "ralph-x.scope"], "neither a ticket id nor a ralph-systemd unit name"),
+    (["stop", "ralph-x y.scope"], "neither a ticket id nor a ralph-systemd unit name"),
+    (["logs", "ralph-.scope"], "neither a ticket id nor a ralph-systemd unit name"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_input_is_one_line_on_stderr(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,3 +176,19 @@ def test_library_warnings_are_one_clean_line_each(monkeypatch: pytest.MonkeyPatc
     code, out, err = run_cli(["ls"], capsys)
     assert code == 0 and out == ""
     assert err == "ralph-systemd ls: warning: D-Bus call GetUnit failed transiently: \\x1b[2J\n"
+
+
+def test_a_sessions_output_on_a_terminal_keeps_colours_and_escapes_the_rest() -> None:
+    import io
+
+    from ralph_systemd.cli_format import TerminalSink, terminal_safe
+    text = "ok \x1b[1;32mgreen\x1b[0m\r\n\x1b]0;title\x07\x1b[2J a\rb \u202eevil\t\x85 é\n"
+    assert terminal_safe(text) == ("ok \x1b[1;32mgreen\x1b[0m\r\n\\x1b]0;title\\x07\\x1b[2J a\\rb \\u202eevil\t"
+                                   "\\x85 é\n")
+    raw = io.BytesIO()
+    sink = TerminalSink(raw)
+    data = "é\x1b[2J".encode()
+    for i in range(len(data)):  # byte by byte: a character split between reads stays whole
+        sink.write(data[i:i + 1])
+    sink.flush()
+    assert raw.getvalue().decode() == "é\\x1b[2J"

@@ -13,6 +13,7 @@ from ralph_systemd.naming import (
     check_ticket_fits,
     escape,
     find_project_root,
+    is_unit_name_of_ours,
     log_file_name,
     parse_log_file_name,
     parse_unit_name,
@@ -86,6 +87,13 @@ def test_escape_round_trips() -> None:
                                   "ralph-0123abcd-\\x61.scope", "foo.scope"])
 def test_names_we_never_make_do_not_parse(name: str) -> None:
     assert parse_unit_name(name) is None and ticket_from_unit_name(name) is None
+
+
+def test_names_of_ours_old_and_new() -> None:
+    assert is_unit_name_of_ours(unit_name_for_ticket("T-1", KEY))
+    assert is_unit_name_of_ours(r"ralph-T\x2d1.scope")  # made before project keys: still addressable
+    for bad in ("ralph-../x.scope", "ralph-*.scope", "ralph-.scope", "ralph-x y.scope", "ralph-x.service"):
+        assert not is_unit_name_of_ours(bad)
 
 
 def test_two_projects_same_ticket_two_units() -> None:
