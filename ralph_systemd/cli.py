@@ -223,19 +223,38 @@ def cmd_tf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 class _OneLineWarnings(logging.Handler):
-    """Library warnings (retries, launch notes) as one escaped line each on stderr, named by the command."""
+    """Library warnings (retries, launch notes) as one escaped line each on stderr, named by the command.
 
-    def __init__(self, name: str, err: TextIO) -> None:
+    A burst of the same warning (one per unit during a manager re-exec, say) is shown once, then counted;
+    -v shows every one."""
+
+    def __init__(self, name: str, err: TextIO, verbose: bool) -> None:
         super().__init__(logging.WARNING)
         self.name_ = name
         self.err = err
+        self.verbose = verbose
+        self.seen: set[tuple[str, object]] = set()
+        self.suppressed = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            key = (record.name, record.msg)
+            if key in self.seen and not self.verbose:
+                self.suppressed += 1
+                return
+            self.seen.add(key)
             level = "error" if record.levelno >= logging.ERROR else "warning"
             print(f"{self.name_}: {level}: {one_line(record.getMessage())}", file=self.err)
         except Exception:  # logging must never break the command
             pass
+
+    def finish(self) -> None:
+        if self.suppressed:
+            try:
+                print(f"{self.name_}: warning: {self.suppressed} more warning(s) like the above not shown "
+                      "(-v shows them)", file=self.err)
+            except Exception:
+                pass
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -252,7 +271,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         args.verbose = args.verbose or args.verbose_top
     name = f"{PROG} {args.command_name}"
     launch = args.command_name == "run"
-    handler = _OneLineWarnings(name, err)
+    handler = _OneLineWarnings(name, err, bool(args.verbose))
     lib_log = logging.getLogger("ralph_systemd")
     lib_log.addHandler(handler)
     propagate, lib_log.propagate = lib_log.propagate, False
@@ -276,6 +295,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     finally:
         lib_log.removeHandler(handler)
         lib_log.propagate = propagate
+        handler.finish()
 
 
 def _drop_stdout(out: TextIO) -> None:

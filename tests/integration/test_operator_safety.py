@@ -466,3 +466,27 @@ def test_the_same_ticket_in_two_projects_and_in_a_worktree(tmp_path: Path, figur
     assert len(rows) == 2 and {r.split()[1] for r in rows} == {str(a), str(b)}
     assert stop_w.returncode == 0 and not unit_loaded(ja["unit"])
     assert after[0] == 0 and after[1]["unit"] == jb["unit"]
+
+
+def test_a_manager_reexec_during_run_gives_few_clean_lines(tmp_path: Path, figure: Figure) -> None:
+    """Retries and ignored signals around `systemctl --user daemon-reexec` while `run` waits: every stderr line
+    is one line named by the command (no `<lambda>`, no traceback), a burst is shown once, and the run's
+    result is the session's."""
+    lines: list[str] = []
+    codes = []
+    for i in range(3):
+        fifo = tmp_path / f"fifo{i}"
+        os.mkfifo(fifo)
+        proc = popen("run", "--log-dir", str(tmp_path), "--", "sh", "-c", f"echo x > {fifo}; sleep 1; exit 3",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        read_fifo(fifo)
+        subprocess.run(["systemctl", "--user", "daemon-reexec"], check=True, timeout=60)
+        _, err = proc.communicate(timeout=60)
+        codes.append(proc.returncode)
+        lines += err.decode(errors="replace").splitlines()
+    figure("warnings across daemon-reexec", f"3 runs: exit codes {codes}, {len(lines)} stderr line(s): "
+                                           f"{(lines[:1] or ['none'])[0][:70]!r}")
+    assert codes == [3, 3, 3]
+    assert all(ln.startswith("ralph-systemd run: warning: ") for ln in lines), lines
+    assert not any("<lambda>" in ln or "Traceback" in ln for ln in lines)
+    assert len(lines) <= 3 * 4, lines
