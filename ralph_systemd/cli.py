@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TextIO
@@ -25,7 +24,7 @@ from ralph_systemd.cli_ops import (
     cmd_status,
     cmd_stop,
 )
-from ralph_systemd.cli_format import one_line
+from ralph_systemd.cli_format import drop_stdout, one_line
 from ralph_systemd.cli_run import EXIT_LAUNCH_FAILED, RunError, cmd_run
 from ralph_systemd.durations import DURATION_HELP, parse_count, parse_duration, parse_percent, parse_size
 from ralph_systemd.retry import BusError
@@ -290,23 +289,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         print(f"{name}: interrupted", file=err)
         return 130
     except BrokenPipeError:  # `ralph-systemd logs T | head`, `run --json ... | true`
-        _drop_stdout(out)
+        drop_stdout(out)
         return code if launch else 0
     finally:
         lib_log.removeHandler(handler)
         lib_log.propagate = propagate
         handler.finish()
-
-
-def _drop_stdout(out: TextIO) -> None:
-    """The reader of stdout has gone: point fd 1 at /dev/null so the interpreter's final flush cannot fail
-    ("Exception ignored ... BrokenPipeError"); the result is still in the unit's journal and the log."""
-    try:
-        fd = out.fileno()
-    except (OSError, ValueError, AttributeError):
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)

@@ -99,3 +99,17 @@ class TerminalSink:
 
     def flush(self) -> None:
         self.raw.flush()  # a partial character stays in the decoder until its next bytes arrive
+
+
+def drop_stdout(out: TextIO) -> None:
+    """The reader of stdout has gone (`... | true`): point its fd at /dev/null so later writes and the
+    interpreter's final flush cannot fail ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

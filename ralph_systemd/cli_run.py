@@ -14,7 +14,7 @@ import time
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError
-from ralph_systemd.cli_format import last_line, one_line, print_pairs
+from ralph_systemd.cli_format import drop_stdout, last_line, one_line, print_pairs
 from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.durations import format_duration
 from ralph_systemd.logs import log_space_problem
@@ -137,6 +137,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         warnings.add(log_space_problem(d.log_path) if d.log_path else None)
         if args.detach:
             info = _detached(d)
+            info["warnings"] = list(warnings.said)
             sup.close(stop_running=False)
             detached = True
             if args.json:
@@ -154,10 +155,14 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if result.log_path:
         warnings.add(log_space_problem(os.path.dirname(result.log_path)))
     code = exit_code(result, sup.signals_received)
-    if args.json:
-        print(json.dumps(_json(result, code, warnings.said)), file=out)
-    elif args.verbose or out.isatty():
-        print_pairs(_summary(result, code), out)
+    try:
+        if args.json:
+            print(json.dumps(_json(result, code, warnings.said)), file=out)
+        elif args.verbose or out.isatty():
+            print_pairs(_summary(result, code), out)
+        out.flush()
+    except BrokenPipeError:  # `run --json ... | true`: the result is still in the unit's log; the code is ours
+        drop_stdout(out)
     return code
 
 

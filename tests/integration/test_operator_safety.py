@@ -468,6 +468,7 @@ def test_the_same_ticket_in_two_projects_and_in_a_worktree(tmp_path: Path, figur
     assert after[0] == 0 and after[1]["unit"] == jb["unit"]
 
 
+@pytest.mark.slow  # re-executes the user manager: a fault-suite check
 def test_a_manager_reexec_during_run_gives_few_clean_lines(tmp_path: Path, figure: Figure) -> None:
     """Retries and ignored signals around `systemctl --user daemon-reexec` while `run` waits: every stderr line
     is one line named by the command (no `<lambda>`, no traceback), a burst is shown once, and the run's
