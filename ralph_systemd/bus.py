@@ -224,7 +224,7 @@ class PystemdUserBus:
         self._retry_budget_s = retry_budget_s
         self._events: list[tuple[str, BusEvent]] = []  # (sender, event) until drain() checks the sender
         self._refs: set[str] = set()
-        self._manager_name = ""
+        self._manager_names: set[str] = set()
         self._bus: Any = None
         self._connect()
 
@@ -240,8 +240,11 @@ class PystemdUserBus:
             raise NoUserBusError(_open_failure(e)) from None
         self._bus = bus
         try:
-            self._raw_call(MANAGER_IFACE, MANAGER_PATH, b"Subscribe", b"", [])
-            self._manager_name = self._name_owner()
+            # Not self._call: its reconnect hook would re-enter _connect. A manager re-executing answers
+            # nothing for a moment: retry transient errors on this connection.
+            call_with_retry(lambda: self._raw_call(MANAGER_IFACE, MANAGER_PATH, b"Subscribe", b"", []),
+                            self._retry_budget_s, operation="Manager.Subscribe")
+            self._learn_manager_name()
         except BusError as e:
             self._close_quietly()
             if e.dbus_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
@@ -271,9 +274,12 @@ class PystemdUserBus:
             except BusError as e:
                 log.warning("could not re-take the ref on %s after reconnecting: %s", name, e)
 
-    def _name_owner(self) -> str:
-        """The manager's unique bus name (it changes when the manager re-executes)."""
-        return _s(self._raw_call(DBUS_IFACE, DBUS_PATH, b"GetNameOwner", b"s", [SYSTEMD], destination=DBUS_NAME))
+    def _learn_manager_name(self) -> None:
+        """Add the manager's current unique bus name to those we accept signals from. It changes when the
+        manager re-executes; the old one's last signals may still be queued, and unique names are never
+        reused on a bus, so every name the manager has had stays trusted (no other process can take it)."""
+        owner = _s(self._raw_call(DBUS_IFACE, DBUS_PATH, b"GetNameOwner", b"s", [SYSTEMD], destination=DBUS_NAME))
+        self._manager_names.add(owner)
 
     def _close_quietly(self) -> None:
         if self._bus is not None:
@@ -484,20 +490,19 @@ class PystemdUserBus:
 
     def _from_manager(self, queued: list[tuple[str, BusEvent]]) -> list[BusEvent]:
         """The events the manager sent; others (any process of the user can address a signal to us, e.g. a
-        forged RequestStop) are dropped. An unknown sender makes us ask once who the manager is now: its
-        unique name changes when it re-executes."""
-        if any(sender != self._manager_name for sender, _ in queued):
+        forged RequestStop) are dropped. An unknown sender makes us ask once who the manager is now."""
+        if any(sender not in self._manager_names for sender, _ in queued):
             try:
-                self._manager_name = self._name_owner()
+                self._learn_manager_name()
             except BusError as e:
                 log.debug("GetNameOwner(%s): %s", SYSTEMD.decode(), e)
         out = []
         for sender, ev in queued:
-            if sender == self._manager_name:
+            if sender in self._manager_names:
                 out.append(ev)
             else:
-                log.warning("ignored a %s signal for %s from %s, which is not the systemd user manager (%s)",
-                            ev.kind, ev.unit or ev.path, sender or "an unknown sender", self._manager_name)
+                log.warning("ignored a %s signal for %s from %s, which is not the systemd user manager",
+                            ev.kind, ev.unit or ev.path, sender or "an unknown sender")
         return out
 
     def drain(self) -> list[BusEvent]:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import urllib.parse
 from pathlib import Path
 
 from ralph_systemd.bus import Property, SystemdBus
 from ralph_systemd.logs import open_session_log
+from ralph_systemd.scope import log_uri
 from ralph_systemd.spawn import GatedChild, fork_gated, resolve_executable
 from ralph_systemd.spec import DispatchSpec
 
@@ -32,10 +32,6 @@ USEC = 1_000_000
 
 class LaunchError(Exception):
     """The dispatch could not be launched; the message says why (and nothing of it is left behind)."""
-
-
-def log_uri(path: str) -> str:
-    return "file://" + urllib.parse.quote(path)
 
 
 def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: str) -> list[Property]:
@@ -86,7 +82,8 @@ class Launch:
             try:
                 exe = resolve_executable(spec.argv[0], spec.environment.get("PATH"), cwd)
                 assert spec.session is not None
-                log_fd, log_path = open_session_log(spec.log_directory, spec.ticket, spec.session)
+                log_fd, log_path = open_session_log(spec.log_directory, spec.ticket, spec.session,
+                                                    project=spec.project)
             except ValueError as e:
                 raise LaunchError(str(e)) from None
             self._undo.callback(_unlink_quietly, log_path)

@@ -15,39 +15,9 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from ralph_systemd.bus import Property
 from ralph_systemd.cli_format import safe
 from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, parse_unit_name, unescape
-from ralph_systemd.spec import DispatchSpec
 
-USEC = 1_000_000
-
-
-def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: str) -> list[Property]:
-    props: list[Property] = [
-        ("Description", "s", spec.describe().encode()),
-        # The log file, as a file:// URI: `systemctl --user status` shows it as "Docs:", and a new
-        # supervisor re-attaching after our death reads it back from here.
-        ("Documentation", "as", [log_uri(log_path).encode()]),
-        ("Slice", "s", spec.slice.encode()),
-        ("PIDs", "au", [pid]),
-        ("AddRef", "b", True),  # keep the unit (and its Result) until we Unref it
-        ("CollectMode", "s", b"inactive-or-failed"),  # ...and then never leave it behind, failed or not
-        ("KillMode", "s", b"control-group"),
-        ("KillSignal", "i", 15),
-        ("SendSIGKILL", "b", True),
-        ("TimeoutStopUSec", "t", int(spec.grace * USEC)),
-        ("Controller", "s", controller.encode()),
-    ]
-    if spec.timeout is not None:
-        props.append(("RuntimeMaxUSec", "t", max(1, int(spec.timeout * USEC))))
-    if spec.memory_max is not None:
-        props.append(("MemoryMax", "t", spec.memory_max))
-    if spec.tasks_max is not None:
-        props.append(("TasksMax", "t", spec.tasks_max))
-    if spec.cpu_quota is not None:
-        props.append(("CPUQuotaPerSecUSec", "t", max(1000, int(spec.cpu_quota / 100 * USEC))))
-    return props
 
 
 def log_uri(path: str) -> str:

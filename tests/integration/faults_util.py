@@ -119,8 +119,9 @@ def processes_in_units(units: set[str]) -> list[tuple[int, str]]:
 
 
 def loaded_units(ticket_prefix: str) -> list[str]:
-    """Loaded `ralph-<ticket_prefix>*` units of the user manager, in any state (systemctl, not our code)."""
-    prefix = f"ralph-{ticket_prefix}"
+    """Loaded `ralph-<project key>-<ticket_prefix>*` units of the user manager, in any state (systemctl, not
+    our code)."""
+    prefix = f"ralph-*-{ticket_prefix}"
     out = subprocess.run(["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", "--no-pager",
                           f"{prefix}*"], capture_output=True, text=True, check=True, timeout=30).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from faults_util import loaded_units, ticket
+
+from ralph_systemd.naming import unit_name_for_ticket
 from pystemd.dbusexc import DBusNoReplyError
 
 from ralph_systemd import DispatchSpec, Status, Supervisor
@@ -75,7 +77,7 @@ def test_real_permanent_errors_surface_after_one_attempt(tmp_path: Path, figure:
     bus = PystemdUserBus(retry_budget_s=5.0)
     counter = Flaky(bus._bus, every=0)
     bus._bus = counter
-    name = f"ralph-{ticket('perm')}.scope"
+    name = unit_name_for_ticket(ticket("perm"))
     t0 = time.monotonic()
     with pytest.raises(BusError) as invalid:
         bus.start_transient_scope(name, [("Slice", "s", b"not a slice")])

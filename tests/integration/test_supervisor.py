@@ -73,7 +73,7 @@ def _fan_out(n: int, sleep_s: float, tmp_path: Path) -> dict[str, float]:
         assert all(d.pid for d in ds)
         # All sessions are running at once, each in its own scope.
         assert [d for d in ds if d.done] == []
-        assert len(_units(f"ralph-fan{tag}.*")) == n
+        assert len(_units(f"ralph-*-fan{tag}.*")) == n
         cpu0, wall0 = _cpu_s(), time.monotonic()
         os.close(os.open(gate, os.O_WRONLY))  # EOF for every reader: they all go to sleep now
         results = sup.wait_all(ds, timeout=sleep_s + 120)
@@ -84,7 +84,7 @@ def _fan_out(n: int, sleep_s: float, tmp_path: Path) -> dict[str, float]:
     assert statuses == {Status.COMPLETED}, [r for r in results if r.status is not Status.COMPLETED][:3]
     assert all(r.exit_code == 0 and r.termination_method is Termination.NATURAL for r in results)
     survivors = [r.pid for r in results if r.pid is not None and _alive_in(r.pid, r.unit)]
-    left = _units(f"ralph-fan{tag}.*")
+    left = _units(f"ralph-*-fan{tag}.*")
     assert survivors == [] and left == []
     return {"n": n, "launch_s": launch_s, "wait_s": wait_s, "cpu_s": cpu_s, "rss_kib": rss,
             "survivors": len(survivors), "units_left": len(left)}
@@ -185,7 +185,7 @@ def test_sigkill_of_the_launcher_leaves_dispatches_visible_and_a_new_supervisor_
     launcher.proc.send_signal(signal.SIGKILL)
     launcher.proc.wait(timeout=10)
     # The dispatches outlive their launcher and stay visible.
-    assert sorted(_units(f"ralph-re{tag}.*")) == sorted(launcher.units)
+    assert sorted(_units(f"ralph-*-re{tag}.*")) == sorted(launcher.units)
     assert all(_alive_in(pid, unit) for pid, unit in zip(launcher.pids, launcher.units))
 
     with Supervisor() as sup:
@@ -216,7 +216,7 @@ def test_sigkill_of_the_launcher_leaves_dispatches_visible_and_a_new_supervisor_
     # It was bounded by its timeout (3 s) plus grace (2 s), not by the 60 s it wanted.
     assert slow.duration_s < 3 + 2 + 3
     assert all(not _alive_in(pid, unit) for pid, unit in zip(launcher.pids, launcher.units))
-    assert _units(f"ralph-re{tag}.*") == []
+    assert _units(f"ralph-*-re{tag}.*") == []
 
 
 def test_attach_to_a_unit_that_is_not_there_says_so(tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ def test_sigterm_to_the_launcher_stops_every_dispatch_with_the_ladder(tmp_path: 
         log_path = results[f"st{tag}.{t}"]["log_path"]
         assert isinstance(log_path, str) and word in Path(log_path).read_text()
     assert all(not _alive_in(pid, unit) for pid, unit in zip(launcher.pids, launcher.units))
-    assert _units(f"ralph-st{tag}.*") == []
+    assert _units(f"ralph-*-st{tag}.*") == []
     # ...and no process of any session remains anywhere (the daemon included): their cgroups are gone.
     out = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
     assert not [p for p in out if any(u in Path(f"/proc/{p}/cgroup").read_text() for u in launcher.units
@@ -271,7 +271,7 @@ def test_sigterm_with_detach_leaves_dispatches_running_for_a_later_attach(tmp_pa
     launcher.proc.send_signal(signal.SIGTERM)
     lines = launcher.results()
     assert lines[0]["status"] == "running" and "detached" in str(lines[0]["error"])
-    assert _units(f"ralph-dt{tag}.*") == launcher.units
+    assert _units(f"ralph-*-dt{tag}.*") == launcher.units
     assert _alive_in(launcher.pids[0], launcher.units[0])
     with Supervisor() as sup:
         d = sup.attach(launcher.units[0])
@@ -280,7 +280,7 @@ def test_sigterm_with_detach_leaves_dispatches_running_for_a_later_attach(tmp_pa
         r = sup.wait(d, timeout=30)
     assert r.status is Status.STOPPED
     assert not _alive_in(launcher.pids[0], launcher.units[0])
-    assert _units(f"ralph-dt{tag}.*") == []
+    assert _units(f"ralph-*-dt{tag}.*") == []
 
 
 # -- the demo -----------------------------------------------------------------------------------------------------

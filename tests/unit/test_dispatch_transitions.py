@@ -194,8 +194,13 @@ def test_idle_timeout_looks_at_the_log_once_per_idle_period(tmp_path: Path) -> N
 
 
 def test_a_main_process_that_outlives_its_scope_is_reported_stuck_and_handed_over_for_reaping(tmp_path: Path) -> None:
-    # deaf to SIGTERM (ignored signals survive exec), as a process in uninterruptible sleep is to SIGKILL
-    host, d = launched(tmp_path, ["sh", "-c", "trap '' TERM; exec sleep 60"], timeout=1, grace=1)
+    # deaf to SIGTERM (ignored signals survive exec), as a process in uninterruptible sleep is to SIGKILL;
+    # it says so through a FIFO once the trap is set, so our SIGTERM cannot come before it
+    fifo = tmp_path / "ready"
+    os.mkfifo(fifo)
+    host, d = launched(tmp_path, ["sh", "-c", f"trap '' TERM; echo ready > {fifo}; exec sleep 60"],
+                       timeout=1, grace=1)
+    assert fifo.read_text() == "ready\n"
     pid, pidfd = d.pid, pidfd_of(d)
     host.clock += 1
     d.on_request_stop()
