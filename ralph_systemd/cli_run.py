@@ -17,7 +17,6 @@ from ralph_systemd.bus import NoUserBusError
 from ralph_systemd.cli_format import drop_stdout, last_line, one_line, print_pairs
 from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.durations import format_duration
-from ralph_systemd.logs import log_space_problem
 from ralph_systemd.result import DispatchResult
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DispatchSpec
@@ -129,12 +128,12 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # Before the launch: a Ctrl-C as soon as the session runs must reach the ladder, not raise.
             sup.handle_signals(action="stop")
         d = sup.launch(spec)
-        if d.result is not None:  # the launch failed; nothing may be left behind
-            _drop_empty_log(d.result.log_path)
+        if d.result is not None:  # the launch failed; nothing was left behind
             if args.json:
                 print(json.dumps(_json(d.result, EXIT_LAUNCH_FAILED, [])), file=out)
             raise RunError(d.result.error or "the launch failed", EXIT_LAUNCH_FAILED)
-        warnings.add(log_space_problem(d.log_path) if d.log_path else None)
+        for w in d.warnings:  # e.g. the log's file system is full
+            warnings.add(w)
         if args.detach:
             info = _detached(d)
             info["warnings"] = list(warnings.said)
@@ -150,10 +149,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if not detached:
             sup.close(stop_running=True)
-    for w in getattr(result, "warnings", ()):
+    for w in result.warnings:
         warnings.add(w)
-    if result.log_path:
-        warnings.add(log_space_problem(os.path.dirname(result.log_path)))
     code = exit_code(result, sup.signals_received)
     try:
         if args.json:
@@ -164,17 +161,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BrokenPipeError:  # `run --json ... | true`: the result is still in the unit's log; the code is ours
         drop_stdout(out)
     return code
-
-
-def _drop_empty_log(path: str | None) -> None:
-    """A launch that failed leaves no log file: an empty one would hide the real dispatch's log."""
-    if not path:
-        return
-    try:
-        if os.stat(path, follow_symlinks=False).st_size == 0:
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def exit_code(result: DispatchResult, signals: list[int]) -> int:

@@ -14,6 +14,7 @@ manager sends RequestStop (we are the scope's Controller), or when StopUnit cann
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -28,6 +29,7 @@ from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
 from ralph_systemd.inotify import IN_MODIFY, Inotify
 from ralph_systemd.launch import Launch, LaunchError
+from ralph_systemd.logs import log_space_problem
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.retry import BusError
 from ralph_systemd.scope import facts_from_unit
@@ -128,6 +130,7 @@ class Dispatch:
         self.step = Termination.NATURAL  # how far the ladder has gone
         self._ladder_pending = False  # RequestStop came while starting: run the ladder once it runs
         self.leftovers = 0
+        self.warnings: list[str] = []
         self._others_at_stop = 0  # processes besides the main one at the last ladder step
         self.error: str | None = None
         # timers
@@ -219,6 +222,7 @@ class Dispatch:
         self._host.add_reader(self.child.pidfd, self.on_pidfd_ready)
         if self.idle_timeout is not None:
             self._idle_deadline = now + self.idle_timeout
+        self._check_log_space()
         spec = self.spec
         self._say("launched", f"launched {spec.describe()} (log {self.log_path}, timeout "
                   f"{_secs(spec.timeout)}, idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
@@ -245,6 +249,14 @@ class Dispatch:
     def refuse_duplicate(self) -> None:
         """Another live dispatch of ours has this unit (the same ticket): fail before asking the manager."""
         self._fail(self._unit_exists_message())
+
+    def _check_log_space(self) -> None:
+        """A log on a full (or read-only) file system loses the session's output silently: say so, at launch
+        and again at the end, in the log and in the result's warnings."""
+        problem = log_space_problem(self.log_path) if self.log_path else None
+        if problem is not None and problem not in self.warnings:
+            self.warnings.append(problem)
+            log.warning("%s: %s", self.unit, problem)
 
     def _unit_exists_message(self) -> str:
         assert self.spec is not None
@@ -611,6 +623,9 @@ class Dispatch:
         self._end(self._result(status, Termination.NATURAL, systemd_result=None))
 
     def _end(self, result: DispatchResult) -> None:
+        if result.status is not Status.ERROR:
+            self._check_log_space()
+            result = dataclasses.replace(result, warnings=tuple(self.warnings))
         self.result = result
         self.phase = Phase.DONE
         self.close()

@@ -48,6 +48,7 @@ class DispatchResult:
     invocation_id: str | None
     pid: int | None
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # e.g. the log's file system was full: output may have been lost
 
     @property
     def ok(self) -> bool:
@@ -83,4 +84,5 @@ class DispatchResult:
         d["termination_method"] = str(self.termination_method)
         d["signal"] = self.signal_name
         d["duration_s"] = round(self.duration_s, 6)
+        d["warnings"] = list(self.warnings)
         return d

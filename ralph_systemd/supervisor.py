@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Literal, TypeVar
 
-from ralph_systemd.bus import BusEvent, PystemdUserBus, SystemdBus, monotonic_us, unit_path
+from ralph_systemd.bus import NO_LIMIT, BusEvent, PystemdUserBus, SystemdBus, monotonic_us, unit_path
 from ralph_systemd.dispatch import Dispatch, Phase
 from ralph_systemd.evloop import EventLoop
-from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, unit_name_for_ticket
+from ralph_systemd.inspect import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.retry import BusError
 from ralph_systemd.scope import facts_from_unit
@@ -233,8 +233,7 @@ class Supervisor:
         Ticket, session, log path and start time come from the unit. Its exit code cannot be known (the
         process was not our child): a natural end is reported as status UNKNOWN, never as success.
         """
-        unit = unit_or_ticket if (unit_or_ticket.startswith(UNIT_PREFIX) and unit_or_ticket.endswith(UNIT_SUFFIX)) \
-            else unit_name_for_ticket(unit_or_ticket)
+        unit = resolve_unit(unit_or_ticket)  # a ticket: of the current directory's project
         return self._call(lambda: self._attach(unit, grace))
 
     def _attach(self, unit: str, grace: float | None) -> Dispatch:
@@ -254,7 +253,7 @@ class Supervisor:
             raise
         d = Dispatch(host, self, ticket=facts.ticket, session=facts.session, unit=unit, spec=None,
                      log_path=facts.log_path, attached=True)
-        runtime_max = None if st.runtime_max_us in (0, 2**64 - 1) else st.runtime_max_us / 1e6
+        runtime_max = None if st.runtime_max_us in (0, NO_LIMIT) else st.runtime_max_us / 1e6
         d.adopt(invocation_id=st.invocation_id, grace=grace if grace is not None else st.timeout_stop_us / 1e6,
                 runtime_max_s=runtime_max, age_s=max(0.0, (monotonic_us() - st.active_enter_monotonic_us) / 1e6),
                 pid=procs[0] if procs else None)
@@ -271,7 +270,7 @@ class Supervisor:
         """Attach to every live `ralph-*` scope of this user that this supervisor is not following."""
         def run() -> list[Dispatch]:
             out = []
-            for unit in self._host_or_raise().bus.list_units([f"{UNIT_PREFIX}*{UNIT_SUFFIX}"]):
+            for unit in self._host_or_raise().bus.list_units([UNIT_PATTERN]):
                 try:
                     out.append(self._attach(unit, None))
                 except LookupError:

@@ -83,15 +83,16 @@ def test_real_permanent_errors_surface_after_one_attempt(tmp_path: Path, figure:
         bus.start_transient_scope(name, [("Slice", "s", b"not a slice")])
     invalid_ms = (time.monotonic() - t0) * 1000
     invalid_attempts = counter.calls["StartTransientUnit"]
-    with Supervisor(bus=bus) as sup:
+    # The live one belongs to another supervisor (a supervisor refuses a duplicate of its own without asking)
+    with Supervisor() as holder, Supervisor(bus=bus) as sup:
         t = ticket("dup")
-        first = sup.launch(DispatchSpec(argv=["sleep", "300"], ticket=t, cwd=tmp_path, log_dir=tmp_path, timeout=30.0,
-                                        grace=1.0))
+        first = holder.launch(DispatchSpec(argv=["sleep", "300"], ticket=t, cwd=tmp_path, log_dir=tmp_path,
+                                           timeout=30.0, grace=1.0))
         before = counter.calls["StartTransientUnit"]
         dup = sup.launch(DispatchSpec(argv=["true"], ticket=t, cwd=tmp_path, log_dir=tmp_path, timeout=30.0))
         dup_attempts = counter.calls["StartTransientUnit"] - before
-        sup.stop(first)
-        sup.wait(first, timeout=30)
+        holder.stop(first)
+        holder.wait(first, timeout=30)
     assert dup.result is not None
     figure("D-Bus permanent errors (real)",
            f"InvalidArgs: {invalid_attempts} attempt, {invalid_ms:.0f} ms ({invalid.value.dbus_name}); "
