@@ -255,8 +255,8 @@ class Dispatch:
         and again at the end, in the log and in the result's warnings."""
         problem = log_space_problem(self.log_path) if self.log_path else None
         if problem is not None and problem not in self.warnings:
-            self.warnings.append(problem)
-            log.warning("%s: %s", self.unit, problem)
+            self.warnings.append(problem)  # the API: d.warnings, result.warnings (the CLI prints them)
+            self._say("warning", problem)
 
     def _unit_exists_message(self) -> str:
         assert self.spec is not None
