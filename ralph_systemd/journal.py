@@ -1,0 +1,454 @@
+"""A dispatch's lifecycle, and optionally its output, in systemd's journal, attributed to its scope unit.
+
+Operators look at `systemctl --user status <scope>` and `journalctl --user -u <scope>`. Two kinds of lines
+reach them from here:
+
+* **Lifecycle lines** (launched, stop requested, EOF, SIGTERM, SIGKILL, leftovers, result): sent by the
+  supervisor, which is *outside* the scope, over journald's native protocol with `USER_UNIT=<scope>`.
+  Both tools match `USER_UNIT=` together with the sender's `_UID` (systemd 252 and later alike; the
+  alternative `OBJECT_SYSTEMD_USER_UNIT=` is only honoured from uid 0 on 252), so the line shows under the
+  scope although the scope did not write it. Each carries `RALPH_*` fields to filter on
+  (`journalctl --user RALPH_TICKET=T-42`) and `USER_INVOCATION_ID` (what `journalctl -I` matches).
+  One line each: session-provided text is escaped (`escape_text`), so a line never breaks a terminal.
+* **Session output** (the journal output mode): the forked child, once inside its scope and before it
+  execs, connects its stdout/stderr to journald's stream socket (`JournalOutput.connect`). journald
+  attributes a stream to the cgroup of the process that connected it, so the lines are the scope's own.
+  No relay process sits in between: journald is the reader of the session's pipe.
+
+Whether the journal is usable is decided once per process (`journal_state`): journald's socket must
+accept messages, and the user must be able to read their own journal (otherwise `logs` could not show
+what we wrote there). When it is not, every call here is a no-op and one warning says why.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import re
+import shlex
+import socket
+import stat
+import threading
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ralph_systemd.durations import format_duration, format_size
+from ralph_systemd.result import DispatchResult, Status
+
+
+def _import_bindings() -> Any:
+    """systemd's Python bindings, imported in the parent (a forked child must never import), or None."""
+    try:
+        from systemd import journal
+    except ImportError:  # pragma: no cover - a dependency in pyproject; this is for odd installs
+        return None
+    return journal
+
+
+_sd_journal: Any = _import_bindings()
+
+
+def bindings() -> Any:
+    """The `systemd.journal` module, or None when systemd-python is missing."""
+    return _sd_journal
+
+log = logging.getLogger("ralph_systemd")
+
+IDENTIFIER = "ralph-systemd"  # SYSLOG_IDENTIFIER of the lifecycle lines
+SOCKET_PATH = "/run/systemd/journal/socket"  # native protocol (the path is built into libsystemd)
+STDOUT_PATH = "/run/systemd/journal/stdout"  # stream protocol
+
+LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG = 3, 4, 5, 6, 7
+
+MAX_ARGV_CHARS = 300  # a launched line stays readable in `systemctl status`
+_FIELD_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+class Event(enum.StrEnum):
+    """RALPH_EVENT: which step of a dispatch's life a line records."""
+
+    LAUNCHED = "launched"
+    STOP_REQUESTED = "stop-requested"
+    EOF = "eof"
+    SIGTERM = "sigterm"
+    SIGKILL = "sigkill"
+    LEFTOVERS = "leftovers"
+    RESULT = "result"
+
+
+# ------------------------------------------------------------------------------------ pure formatting
+
+def escape_text(text: str, limit: int | None = None) -> str:
+    """One printable line: control, format and line-separator characters as \\n, \\t, \\xNN or \\uNNNN.
+
+    Session-provided text (argv, reasons, output) goes through this before it reaches the journal or a
+    terminal; journalctl would otherwise show "[N blob data]" or pass escape sequences to the terminal.
+    With `limit`, the result is cut to that many characters, ending in "...".
+    """
+    out: list[str] = []
+    for ch in text:
+        o = ord(ch)
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif o > 0x7F and unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    s = "".join(out)
+    if limit is not None and len(s) > limit:
+        s = s[: max(0, limit - 3)] + "..."
+    return s
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """The command as a shell would read it (quoted, not run), escaped, cut to MAX_ARGV_CHARS."""
+    return escape_text(shlex.join(argv), MAX_ARGV_CHARS)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One lifecycle line: what `Journal.send` puts in the journal (message, priority, RALPH_* fields)."""
+
+    event: Event
+    message: str
+    priority: int = LOG_INFO
+    fields: Mapping[str, str | int | None] = field(default_factory=dict)
+
+
+def launched_entry(*, ticket: str, session: str, argv: Sequence[str], pid: int | None = None,
+                   output: str = "file", log_path: str | None = None, timeout: float | None = None,
+                   idle_timeout: float | None = None, grace: float | None = None,
+                   memory_max: int | None = None, tasks_max: int | None = None,
+                   cpu_quota: float | None = None) -> Entry:
+    """`launched T-42 (session s1, pid 123): pi -p '/tf T-42'; timeout 1h, idle 10min, grace 30s; output file ...`"""
+    limits = []
+    if timeout is not None:
+        limits.append(f"timeout {format_duration(timeout)}")
+    if idle_timeout is not None:
+        limits.append(f"idle {format_duration(idle_timeout)}")
+    if grace is not None:
+        limits.append(f"grace {format_duration(grace)}")
+    if memory_max is not None:
+        limits.append(f"memory {format_size(memory_max)}")
+    if tasks_max is not None:
+        limits.append(f"tasks {tasks_max}")
+    if cpu_quota is not None:
+        limits.append(f"cpu {cpu_quota:g}%")
+    who = f"session {escape_text(session)}" + (f", pid {pid}" if pid is not None else "")
+    where = "output to the journal" if output == "journal" else f"log {escape_text(log_path or '-')}"
+    msg = f"launched {escape_text(ticket)} ({who}): {format_argv(argv)}"
+    msg += f"; {', '.join(limits) if limits else 'no limits'}; {where}"
+    return Entry(Event.LAUNCHED, msg, LOG_INFO, {
+        "RALPH_PID": pid, "RALPH_OUTPUT": output, "RALPH_LOG": log_path,
+        "RALPH_COMMAND": escape_text(shlex.join(argv)),
+        "RALPH_TIMEOUT_S": _num(timeout), "RALPH_IDLE_TIMEOUT_S": _num(idle_timeout), "RALPH_GRACE_S": _num(grace),
+    })
+
+
+#: Why a stop began (RALPH_REASON) and how the line says it.
+STOP_REASONS = {
+    "timeout": "the wall-clock timeout (RuntimeMaxSec) fired",
+    "idle": "idle timeout: no output for {idle}",
+    "request": "stop requested by {by}",
+    "manager": "systemd asked us to stop it ({by})",
+    "signal": "the launcher got {by}",
+    "exception": "the launcher's `with` block raised",
+}
+
+
+def stop_requested_entry(reason: str, *, by: str | None = None, idle: float | None = None,
+                         grace: float | None = None) -> Entry:
+    """`stopping: the wall-clock timeout fired; ladder: EOF, SIGTERM, systemd's SIGKILL after 30s`."""
+    template = STOP_REASONS.get(reason, "{reason}")
+    why = template.format(by=escape_text(by or "someone"), idle=format_duration(idle), reason=escape_text(reason))
+    tail = f"; ladder: EOF, SIGTERM, systemd's SIGKILL after {format_duration(grace)}" if grace is not None else ""
+    return Entry(Event.STOP_REQUESTED, f"stopping: {why}{tail}", LOG_NOTICE,
+                 {"RALPH_REASON": reason, "RALPH_STOP_BY": by, "RALPH_GRACE_S": _num(grace)})
+
+
+def eof_entry(eof_grace: float) -> Entry:
+    """`closed the session's stdin (EOF); SIGTERM in 1s unless it exits`."""
+    return Entry(Event.EOF, f"closed the session's stdin (EOF); SIGTERM in {format_duration(eof_grace)} unless it exits",
+                 LOG_NOTICE, {"RALPH_EOF_GRACE_S": _num(eof_grace)})
+
+
+def sigterm_entry(pid: int | None, kill_in: float | None = None) -> Entry:
+    """`sent SIGTERM to the session (pid 123); systemd SIGKILLs what is left in 2s`."""
+    who = f" (pid {pid})" if pid is not None else ""
+    tail = f"; systemd SIGKILLs what is left in {format_duration(kill_in)}" if kill_in is not None else ""
+    return Entry(Event.SIGTERM, f"sent SIGTERM to the session{who}{tail}", LOG_NOTICE,
+                 {"RALPH_PID": pid, "RALPH_SIGNAL": "SIGTERM"})
+
+
+def sigkill_entry(grace: float | None = None) -> Entry:
+    """`systemd SIGKILLed the session at the end of the 3s grace` (seen when its main process died of it)."""
+    when = f" at the end of the {format_duration(grace)} grace" if grace is not None else ""
+    return Entry(Event.SIGKILL, f"systemd SIGKILLed the session{when}", LOG_WARNING, {"RALPH_SIGNAL": "SIGKILL"})
+
+
+def leftovers_entry(count: int) -> Entry:
+    """`the session exited; stopping 2 process(es) it left in the scope`."""
+    return Entry(Event.LEFTOVERS, f"the session exited; stopping {count} process(es) it left in the scope",
+                 LOG_NOTICE, {"RALPH_LEFTOVERS": count})
+
+
+def result_entry(r: DispatchResult) -> Entry:
+    """`result: timeout (SIGKILL, terminated by sigkill) after 8.2s; systemd result timeout; 1 leftover killed`."""
+    if r.exit_code is not None:
+        code = f"exit {r.exit_code}"
+    elif r.signal is not None:
+        code = r.signal_name or f"signal {r.signal}"
+    else:
+        code = "exit code unknown"
+    msg = f"result: {r.status} ({code}, terminated {r.termination_method}) after {format_duration(r.duration_s)}"
+    if r.systemd_result:
+        msg += f"; systemd result {escape_text(r.systemd_result)}"
+    if r.leftovers_killed:
+        msg += f"; {r.leftovers_killed} leftover process(es) killed"
+    if r.error:
+        msg += f"; {escape_text(r.error, 400)}"
+    priority = LOG_INFO if r.ok else (LOG_ERR if r.status in (Status.ERROR, Status.OOM, Status.UNKNOWN) else LOG_WARNING)
+    return Entry(Event.RESULT, msg, priority, {
+        "RALPH_STATUS": str(r.status), "RALPH_EXIT_CODE": r.exit_code, "RALPH_SIGNAL": r.signal_name,
+        "RALPH_TERMINATION": str(r.termination_method), "RALPH_SYSTEMD_RESULT": r.systemd_result,
+        "RALPH_LEFTOVERS": r.leftovers_killed, "RALPH_DURATION_S": _num(r.duration_s),
+        "RALPH_ERROR": escape_text(r.error) if r.error else None,
+    })
+
+
+def _num(x: float | None) -> str | None:
+    return None if x is None else f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def entry_fields(unit: str, message: str, priority: int,
+                 fields: Mapping[str, str | int | None]) -> list[str]:
+    """The native-protocol fields of one lifecycle line (pure; ValueError on a bad field name or priority).
+
+    `RALPH_INVOCATION_ID`, when given, is mirrored as `USER_INVOCATION_ID` (what journalctl -I matches).
+    """
+    if not 0 <= priority <= 7:
+        raise ValueError(f"journal priority {priority} is not 0..7")
+    out = [f"MESSAGE={escape_text(message)}", f"PRIORITY={priority}", f"SYSLOG_IDENTIFIER={IDENTIFIER}",
+           f"USER_UNIT={unit}"]
+    for name, value in fields.items():
+        if not _FIELD_NAME.fullmatch(name) or name in _RESERVED:
+            raise ValueError(f"journal field name {name!r}: use A-Z, 0-9 and _, not starting with _ or a digit")
+        if value is None:
+            continue
+        out.append(f"{name}={value}")
+        if name == "RALPH_INVOCATION_ID":
+            out.append(f"USER_INVOCATION_ID={value}")
+    return out
+
+
+_RESERVED = {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "USER_UNIT", "USER_INVOCATION_ID"}
+
+
+# ----------------------------------------------------------------------------- is the journal there?
+
+@dataclass(frozen=True)
+class JournalState:
+    """Whether this process uses the journal; `reason` (one line) says why not."""
+
+    enabled: bool
+    reason: str | None = None
+
+
+def probe() -> JournalState:
+    """Check journald's sockets and that the user can read their own journal (a few ms; no message sent)."""
+    if _sd_journal is None:
+        return JournalState(False, "the systemd Python bindings (systemd-python) are not installed")
+    for path, kind in ((SOCKET_PATH, socket.SOCK_DGRAM), (STDOUT_PATH, socket.SOCK_STREAM)):
+        try:
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                return JournalState(False, f"{path} is not a socket")
+        except OSError as e:
+            return JournalState(False, f"no journald socket at {path} ({e.strerror}): is systemd-journald running?")
+    try:  # a datagram connect() checks that someone is bound there and that we may send to it
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(SOCKET_PATH)
+    except OSError as e:
+        return JournalState(False, f"journald does not accept messages at {SOCKET_PATH}: {e.strerror}")
+    return read_state()
+
+
+def read_state() -> JournalState:
+    """Can this user read their own journal (what `journalctl --user` opens)?"""
+    if _sd_journal is None:
+        return JournalState(False, "the systemd Python bindings (systemd-python) are not installed")
+    try:
+        with _sd_journal.Reader(flags=_sd_journal.CURRENT_USER) as r:
+            usage = int(r.get_usage())
+    except OSError as e:
+        return JournalState(False, f"cannot open your journal: {e}")
+    if usage <= 0:
+        return JournalState(False, f"you cannot read your own journal (uid {os.getuid()}: no readable journal file "
+                                   "of yours; journald keeps one per user only with SplitMode=uid, Storage other than "
+                                   "none, and uids from 1000 up)")
+    return JournalState(True)
+
+
+_lock = threading.Lock()
+_state: JournalState | None = None
+_probe: Callable[[], JournalState] = probe
+
+
+def journal_state() -> JournalState:
+    """The process-wide decision, made on first use; when off, says why once (warning, logger ralph_systemd)."""
+    global _state
+    with _lock:
+        if _state is None:
+            _state = _probe()
+            if not _state.enabled:
+                log.warning("journal off: %s; dispatches run as before, with lines only in their private logs",
+                            _state.reason)
+        return _state
+
+
+def _disable(reason: str) -> None:
+    global _state
+    with _lock:
+        if _state is not None and not _state.enabled:
+            return
+        _state = JournalState(False, reason)
+    log.warning("journal off: %s; dispatches run as before, with lines only in their private logs", reason)
+
+
+def reset_for_tests(probe_fn: Callable[[], JournalState] = probe) -> None:
+    """Forget the decision (tests only): the next use probes again, with `probe_fn`."""
+    global _state, _probe
+    with _lock:
+        _state, _probe = None, probe_fn
+
+
+# ------------------------------------------------------------------------------------ lifecycle lines
+
+class Sender(Protocol):
+    def __call__(self, *fields: str) -> None: ...
+
+
+def _default_sender(*fields: str) -> None:
+    assert _sd_journal is not None
+    _sd_journal.sendv(*fields)
+
+
+class Journal:
+    """Sends lifecycle lines attributed to a unit. Thread-safe; every method is a no-op when the journal is off.
+
+    A send never raises: a failing send turns the journal off for the process (one warning) and the
+    dispatch goes on. Sends block only while journald's socket buffer is full (it is read at once
+    normally); they run in the caller's thread.
+    """
+
+    def __init__(self, sender: Sender | None = None) -> None:
+        self._send = sender or _default_sender
+
+    @property
+    def enabled(self) -> bool:
+        return journal_state().enabled
+
+    def event(self, unit: str, message: str, *, priority: int = LOG_INFO,
+              fields: Mapping[str, str | int | None] | None = None) -> bool:
+        """One line for `unit`; True if it was handed to journald."""
+        lines = entry_fields(unit, message, priority, fields or {})  # bad names fail even with the journal off
+        if not journal_state().enabled:
+            return False
+        try:
+            self._send(*lines)
+        except OSError as e:
+            _disable(f"sending to journald failed ({e.strerror or e})")
+            return False
+        return True
+
+    def send(self, unit: str, entry: Entry, *, ticket: str, session: str | None,
+             invocation_id: str | None = None) -> bool:
+        """One lifecycle line for a dispatch: the entry plus RALPH_EVENT, RALPH_TICKET, RALPH_SESSION, ..."""
+        fields: dict[str, str | int | None] = {
+            "RALPH_EVENT": str(entry.event), "RALPH_TICKET": ticket, "RALPH_SESSION": session,
+            "RALPH_INVOCATION_ID": invocation_id or None,
+        }
+        fields.update(entry.fields)
+        return self.event(unit, entry.message, priority=entry.priority, fields=fields)
+
+    def for_dispatch(self, unit: str, *, ticket: str, session: str | None,
+                     invocation_id: str | None = None) -> DispatchJournal:
+        return DispatchJournal(self, unit, ticket, session, invocation_id)
+
+
+@dataclass
+class DispatchJournal:
+    """A dispatch's journal: `dj.send(eof_entry(1.0))`. Set `invocation_id` once the scope has one."""
+
+    journal: Journal
+    unit: str
+    ticket: str
+    session: str | None
+    invocation_id: str | None = None
+
+    def send(self, entry: Entry) -> bool:
+        return self.journal.send(self.unit, entry, ticket=self.ticket, session=self.session,
+                                 invocation_id=self.invocation_id)
+
+
+# ---------------------------------------------------------------------------------- session output
+
+def stream_identifier(argv0: str) -> str:
+    """SYSLOG_IDENTIFIER for a session's lines: its program's name, the way systemd names a service's lines."""
+    name = os.path.basename(argv0.rstrip("/")) or "session"
+    name = "".join(ch if ch.isprintable() and not ch.isspace() else "_" for ch in name)
+    return name[:64]
+
+
+StreamFd = Callable[[str, int, int], int]
+
+
+@dataclass(frozen=True)
+class JournalOutput:
+    """How a session's stdout/stderr go to the journal. Built in the parent; `connect()` runs in the child.
+
+    Both streams default to one connection at LOG_INFO, the way systemd connects a service whose stdout
+    and stderr both go to the journal: the lines keep the order the session wrote them in. A different
+    `stderr_priority` opens a second stream (journald then orders the two streams' lines by arrival).
+    """
+
+    identifier: str
+    stdout_priority: int = LOG_INFO
+    stderr_priority: int = LOG_INFO
+    stream_fd: StreamFd | None = None  # the C function, bound in the parent (tests pass a fake)
+
+    def connect(self) -> tuple[int, int]:
+        """IN THE FORKED CHILD, after it is inside its scope, before exec: (stdout fd, stderr fd).
+
+        Only system calls happen here (socket, connect, shutdown, setsockopt, write inside libsystemd; no
+        import, no lock, no logging), so it is safe in a child forked from a threaded process. The fds
+        are close-on-exec: dup2 them onto 1 and 2 (dup2 clears the flag). Raises OSError when journald
+        cannot be reached; the child then keeps its private log file and reports the reason.
+        """
+        fn = self.stream_fd
+        if fn is None:
+            raise OSError(0, "the journal is off in this process")
+        out = fn(self.identifier, self.stdout_priority, 0)
+        if self.stderr_priority == self.stdout_priority:
+            return out, out
+        try:
+            err = fn(self.identifier, self.stderr_priority, 0)
+        except BaseException:
+            os.close(out)
+            raise
+        return out, err
+
+
+def journal_output(argv0: str, *, stderr_priority: int = LOG_INFO) -> JournalOutput | None:
+    """In the parent, before the fork: the child's JournalOutput, or None when the journal is off."""
+    if not journal_state().enabled or _sd_journal is None:
+        return None
+    return JournalOutput(stream_identifier(argv0), LOG_INFO, stderr_priority, _sd_journal.stream_fd)
