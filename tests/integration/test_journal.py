@@ -1,0 +1,249 @@
+"""The journal against the real journald and user manager: lifecycle lines attributed to a dispatch's
+scope (`systemctl --user status`, `journalctl --user -u`, `RALPH_TICKET=`), session output connected by a
+forked child inside its scope, following it, and a process that cannot reach the journal at all.
+
+The lifecycle lines are sent here by the test itself, through ralph_systemd.journal, for a dispatch
+launched with the public API (the Supervisor does not send them yet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ralph_systemd import DispatchSpec, Status, Supervisor
+from ralph_systemd import journal as J
+from ralph_systemd.journal_read import UnitJournal, find_launch, follow
+
+PROGRAMS = Path(__file__).parent / "programs"
+SYSTEMCTL_ENV = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "COLUMNS": "500"}
+
+
+def _ticket(kind: str) -> str:
+    return f"jr-{kind}-{uuid.uuid4().hex[:6]}"
+
+
+def _wait_entries(n: int, timeout: float = 15.0, **matches: str) -> list[dict[str, Any]]:
+    """The first n entries of the user's journal matching `matches`, waiting on the journal's fd for them."""
+    sdj = J.bindings()
+    r = sdj.Reader(flags=sdj.CURRENT_USER)
+    r.add_match(**matches)
+    r.seek_head()
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            while e := r.get_next():
+                got.append(e)
+            if len(got) >= n:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{len(got)} of {n} journal entries for {matches} after {timeout}s: "
+                                     f"{[e.get('MESSAGE') for e in got]}")
+            r.wait(left)
+    finally:
+        r.close()
+
+
+def _status(unit: str, lines: int = 20) -> str:
+    r = subprocess.run(["systemctl", "--user", "status", "--no-pager", "--full", f"--lines={lines}", unit],
+                       capture_output=True, text=True, env=SYSTEMCTL_ENV)
+    assert r.returncode in (0, 3), r.stderr  # 3: not running (also fine for the lines)
+    return r.stdout
+
+
+def _journalctl_json(*args: str) -> list[dict[str, Any]]:
+    r = subprocess.run(["journalctl", "--user", "--no-pager", "-o", "json", *args],
+                       capture_output=True, text=True, env=SYSTEMCTL_ENV)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def _invocation_id(unit: str) -> str:
+    r = subprocess.run(["systemctl", "--user", "show", "-p", "InvocationID", "--value", unit],
+                       capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def fresh_decision() -> Any:
+    J.reset_for_tests()
+    yield
+    J.reset_for_tests()
+
+
+def test_lifecycle_lines_show_in_status_while_running_and_in_journalctl_after(tmp_path: Path) -> None:
+    t = _ticket("life")
+    journal = J.Journal()
+    assert journal.enabled, J.journal_state().reason
+    argv = ["sh", "-c", "read x; exit 3", "odd \x1b[31m\nargs"]
+    with Supervisor() as sup:
+        d = sup.launch(DispatchSpec(argv=argv, ticket=t, timeout=60, grace=5, eof_grace=1, log_dir=tmp_path))
+        assert d.result is None, d.result
+        inv = _invocation_id(d.unit)
+        dj = journal.for_dispatch(d.unit, ticket=t, session=d.session, invocation_id=inv)
+        assert dj.send(J.launched_entry(ticket=t, session=d.session or "", argv=argv, pid=d.pid,
+                                        log_path=str(tmp_path / "x.log"), timeout=60, grace=5))
+        assert dj.send(J.stop_requested_entry("request", by="the test", grace=5))
+        assert dj.send(J.eof_entry(1.0))
+        _wait_entries(3, RALPH_TICKET=t)
+        status = _status(d.unit)
+        # While it runs: the ladder lines are under the scope in `systemctl --user status`.
+        assert f"launched {t} (session {d.session}, pid {d.pid}): sh -c 'read x; exit 3'" in status, status
+        assert "stopping: stop requested by the test; ladder: EOF, SIGTERM, systemd's SIGKILL after 5s" in status
+        assert "closed the session's stdin (EOF); SIGTERM in 1s unless it exits" in status
+        ours = [line for line in status.splitlines() if "ralph-systemd[" in line]
+        assert len(ours) == 3 and not any("\x1b" in line for line in ours)  # argv's escape arrived escaped
+        sup.stop(d)
+        sup.wait(d)
+        r = d.result
+        assert r is not None and r.exit_code == 3 and r.status is Status.STOPPED, r
+        assert dj.send(J.result_entry(r))
+    _wait_entries(4, RALPH_TICKET=t)
+
+    # After it ended (the unit is gone): journalctl -u has launch, ladder and result, with the fields.
+    ours = [e for e in _journalctl_json("-u", d.unit) if e.get("SYSLOG_IDENTIFIER") == "ralph-systemd"]
+    assert [e["RALPH_EVENT"] for e in ours] == ["launched", "stop-requested", "eof", "result"]
+    for e in ours:
+        assert e["USER_UNIT"] == d.unit and e["RALPH_TICKET"] == t and e["RALPH_SESSION"] == d.session
+        assert e["RALPH_INVOCATION_ID"] == inv and e["USER_INVOCATION_ID"] == inv
+        assert isinstance(e["MESSAGE"], str) and "\n" not in e["MESSAGE"]  # one printable line each
+    launched, result = ours[0], ours[-1]
+    assert "\\x1b[31m\\nargs" in launched["MESSAGE"] and launched["RALPH_OUTPUT"] == "file"
+    assert result["RALPH_EXIT_CODE"] == "3" and result["RALPH_STATUS"] == "stopped"
+    assert result["RALPH_TERMINATION"] == str(r.termination_method) and result["PRIORITY"] == str(J.LOG_WARNING)
+    assert result["MESSAGE"].startswith("result: stopped (exit 3, terminated ")
+    # Filtering on the ticket field alone finds exactly these lines.
+    by_ticket = _journalctl_json(f"RALPH_TICKET={t}")
+    assert [e["RALPH_EVENT"] for e in by_ticket] == ["launched", "stop-requested", "eof", "result"]
+    assert [e["RALPH_EVENT"] for e in _journalctl_json(f"RALPH_TICKET={t}", "RALPH_EXIT_CODE=3")] == ["result"]
+    # `logs` can find where a dispatch wrote from its launched line, after the unit is gone.
+    rec = find_launch(t)
+    assert rec is not None and rec.unit == d.unit and rec.session == d.session and rec.invocation_id == inv
+    assert rec.output == "file" and rec.log_path == str(tmp_path / "x.log")
+
+
+def test_forked_child_connected_inside_its_scope_has_its_lines_under_the_scope(tmp_path: Path) -> None:
+    t = _ticket("out")
+    tag = uuid.uuid4().hex[:8]
+    with Supervisor() as sup:
+        d = sup.launch(DispatchSpec(argv=[sys.executable, str(PROGRAMS / "journal_stream_child.py"), tag],
+                                    ticket=t, timeout=60, grace=5, eof_grace=1, log_dir=tmp_path))
+        assert d.result is None, d.result
+        try:
+            inv = _invocation_id(d.unit)
+            lines = _wait_entries(3, _SYSTEMD_USER_UNIT=d.unit)
+            assert [e["MESSAGE"] for e in lines[:2]] == [f"out {tag}", f"err {tag}"]
+            for e in lines:
+                assert e["SYSLOG_IDENTIFIER"] == "sh" and e["_TRANSPORT"] == "stdout" and e["PRIORITY"] == 6
+                assert str(e["_SYSTEMD_INVOCATION_ID"]).replace("-", "") == inv
+            status = _status(d.unit)
+            assert f"out {tag}" in status and f"err {tag}" in status, status  # the scope's own lines
+            assert not any("\x1b" in line for line in status.splitlines() if "sh[" in line)
+            # Reading it back for `logs`: this invocation's output, escaped, lifecycle lines excluded.
+            with UnitJournal(d.unit, invocation_id=inv) as uj:
+                text = [ln.text for ln in uj.read()]
+            assert text == [f"out {tag}", f"err {tag}", f"esc {tag} \\x1b[31mred"]
+        finally:
+            sup.stop(d)
+            sup.wait(d)
+    assert d.result is not None
+    log = Path(d.result.log_path or "").read_text()
+    assert "child-exit 0" in log and tag not in log  # the output went to the journal, not the private log
+
+
+def test_follow_prints_lines_as_they_come_and_returns_when_the_unit_ended(tmp_path: Path) -> None:
+    t = _ticket("follow")
+    script = "for i in 1 2 3 4; do echo \"line $i\"; sleep 0.3; done"
+    with Supervisor() as sup:
+        d = sup.launch(DispatchSpec(argv=[sys.executable, "-c", _STREAM_AND_EXIT, script], ticket=t, timeout=60,
+                                    log_dir=tmp_path))
+        assert d.result is None and d.pid is not None, d.result
+        inv = _invocation_id(d.unit)
+        pidfd = os.pidfd_open(d.pid)
+        try:
+            out = BytesIO()
+            t0 = time.monotonic()
+            with UnitJournal(d.unit, invocation_id=inv, lifecycle=True) as uj:
+                follow(uj, out, wake_fd=pidfd, ended=lambda: bool(select.select([pidfd], [], [], 0)[0]),
+                       settle_s=0.5)
+            took = time.monotonic() - t0
+        finally:
+            os.close(pidfd)
+        sup.wait(d)
+    assert out.getvalue().decode() == "line 1\nline 2\nline 3\nline 4\n"
+    assert took < 1.2 + 0.5 + 3.0, took  # ran ~1.2 s, then 0.5 s of quiet; bounded, not a fixed wait
+
+
+# The session for the follow test: connect stdout to the journal (as the launcher's child will), then
+# exec the script. It runs inside its scope already (the Supervisor's gate).
+_STREAM_AND_EXIT = """
+import os, sys
+from ralph_systemd import journal
+out = journal.journal_output("/bin/sh")
+fd, err = out.connect()
+os.dup2(fd, 1); os.dup2(err, 2)
+os.execv("/bin/sh", ["sh", "-c", sys.argv[1]])
+"""
+
+# Runs in a process that cannot reach journald (see _unreachable): the dispatch must still succeed.
+_UNREACHABLE = """
+import errno, json, logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+from ralph_systemd import DispatchSpec, Supervisor, journal as J
+j = J.Journal()
+sent = [j.event("x.scope", "one", fields={"RALPH_TICKET": "t"}) for _ in range(3)]
+out = J.journal_output("/bin/sh")
+try:
+    J.JournalOutput("sh", stream_fd=J.bindings().stream_fd).connect()
+    connect_error = None
+except OSError as e:
+    connect_error = errno.errorcode.get(e.errno, str(e.errno))
+with Supervisor() as sup:
+    d = sup.launch(DispatchSpec(argv=["sh", "-c", "echo fine"], ticket=sys.argv[1], timeout=30, log_dir=sys.argv[2]))
+    sup.wait(d)
+print(json.dumps({"sent": sent, "output": out is not None, "connect_error": connect_error,
+                  "state": J.journal_state().reason, "status": str(d.result.status),
+                  "log": open(d.result.log_path).read()}))
+"""
+
+
+def _unreachable(tmp_path: Path, hide: list[str]) -> tuple[dict[str, Any], str]:
+    """Run _UNREACHABLE as this user with `hide` covered by empty tmpfs mounts, in a mount namespace of its
+    own: an unprivileged user namespace maps us to root to mount, a nested one maps us back to our uid
+    (so the user bus and the user manager accept us as ourselves). Nothing outside that process changes."""
+    mounts = " && ".join(f"mount -t tmpfs -o mode=0755 none {p}" for p in hide if os.path.isdir(p))
+    inner = ["unshare", "--user", f"--map-user={os.getuid()}", f"--map-group={os.getgid()}", "--",
+             sys.executable, "-c", _UNREACHABLE, _ticket("off"), str(tmp_path)]
+    cmd = ["unshare", "--map-root-user", "--mount", "--", "sh", "-c", f'{mounts} && exec "$@"', "sh", *inner]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"rc {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return json.loads(r.stdout.splitlines()[-1]), r.stderr
+
+
+def test_without_journald_runs_succeed_and_one_line_says_why(tmp_path: Path) -> None:
+    res, err = _unreachable(tmp_path, ["/run/systemd/journal"])
+    assert res["status"] == "completed" and res["log"] == "fine\n"
+    assert res["sent"] == [False, False, False] and res["output"] is False
+    assert res["connect_error"] == "ENOENT"  # the child-side call fails cleanly; the launcher falls back
+    warnings = [line for line in err.splitlines() if "journal off" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("ralph_systemd WARNING journal off: no journald socket at /run/systemd/journal/")
+
+
+def test_a_user_who_cannot_read_their_journal_gets_no_journal_either(tmp_path: Path) -> None:
+    res, err = _unreachable(tmp_path, ["/var/log/journal", "/run/log/journal"])
+    assert res["status"] == "completed" and res["sent"] == [False, False, False] and res["output"] is False
+    assert res["connect_error"] is None  # journald itself is there ...
+    assert "cannot read your own journal" in res["state"]  # ... but `logs` could not read what we sent
+    assert len([line for line in err.splitlines() if "journal off" in line]) == 1, err
