@@ -30,7 +30,6 @@ import shlex
 import socket
 import stat
 import threading
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,31 +81,32 @@ class Event(enum.StrEnum):
 # ------------------------------------------------------------------------------------ pure formatting
 
 def escape_text(text: str, limit: int | None = None) -> str:
-    """One printable line: control, format and line-separator characters as \\n, \\t, \\xNN or \\uNNNN.
+    """One printable line: what Python does not call printable (controls, format characters such as bidi
+    overrides, line separators, unusual spaces) as \\n, \\t, \\r, \\xNN, \\uNNNN or \\UNNNNNNNN.
 
     Session-provided text (argv, reasons, output) goes through this before it reaches the journal or a
     terminal; journalctl would otherwise show "[N blob data]" or pass escape sequences to the terminal.
     With `limit`, the result is cut to that many characters, ending in "...".
     """
-    out: list[str] = []
-    for ch in text:
-        o = ord(ch)
-        if ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
-            out.append(f"\\x{o:02x}")
-        elif o > 0x7F and unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
-            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
-        else:
-            out.append(ch)
-    s = "".join(out)
+    if text.isprintable():
+        s = text
+    else:
+        s = "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
     if limit is not None and len(s) > limit:
         s = s[: max(0, limit - 3)] + "..."
     return s
+
+
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(ch: str) -> str:
+    o = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if o <= 0xFF:
+        return f"\\x{o:02x}"
+    return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"
 
 
 def format_argv(argv: Sequence[str]) -> str:
@@ -233,7 +233,8 @@ def entry_fields(unit: str, message: str, priority: int,
                  fields: Mapping[str, str | int | None]) -> list[str]:
     """The native-protocol fields of one lifecycle line (pure; ValueError on a bad field name or priority).
 
-    `RALPH_INVOCATION_ID`, when given, is mirrored as `USER_INVOCATION_ID` (what journalctl -I matches).
+    Values are escaped like the message. `RALPH_INVOCATION_ID`, when given, is mirrored as
+    `USER_INVOCATION_ID` (what `journalctl -I`/`--invocation` of newer systemd matches).
     """
     if not 0 <= priority <= 7:
         raise ValueError(f"journal priority {priority} is not 0..7")
@@ -244,9 +245,10 @@ def entry_fields(unit: str, message: str, priority: int,
             raise ValueError(f"journal field name {name!r}: use A-Z, 0-9 and _, not starting with _ or a digit")
         if value is None:
             continue
-        out.append(f"{name}={value}")
+        text = escape_text(str(value))  # printable and valid UTF-8 (a path may hold surrogate escapes)
+        out.append(f"{name}={text}")
         if name == "RALPH_INVOCATION_ID":
-            out.append(f"USER_INVOCATION_ID={value}")
+            out.append(f"USER_INVOCATION_ID={text}")
     return out
 
 

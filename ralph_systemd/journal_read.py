@@ -19,7 +19,7 @@ import select
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ralph_systemd.journal import IDENTIFIER, Event, bindings, escape_text
 
@@ -161,7 +161,16 @@ def write_lines(lines: list[LogLine], out: BinaryIO) -> int:
     return len(lines)
 
 
-def follow(uj: UnitJournal, out: BinaryIO, *, ended: Callable[[], bool], wake_fd: int | None = None,
+class LineSource(Protocol):
+    """What follow() needs of a UnitJournal."""
+
+    def read(self) -> list[LogLine]: ...
+    def fileno(self) -> int: ...
+    def timeout_s(self) -> float | None: ...
+    def process(self) -> None: ...
+
+
+def follow(uj: LineSource, out: BinaryIO, *, ended: Callable[[], bool], wake_fd: int,
            settle_s: float = SETTLE_S, settle_max_s: float = SETTLE_MAX_S) -> None:
     """Write the unit's lines as they come until it has ended, then its last lines.
 
@@ -169,7 +178,7 @@ def follow(uj: UnitJournal, out: BinaryIO, *, ended: Callable[[], bool], wake_fd
     "the unit may have ended", e.g. the user bus with a ref on the unit; `ended` must drain it). Once it
     has ended, lines still arrive for a moment (journald reads the session's stream asynchronously and
     tells readers about new entries up to ~250 ms late), so we stop after `settle_s` without a new line,
-    at most `settle_max_s` after the end. With no `wake_fd`, `ended()` is asked on every journal change.
+    at most `settle_max_s` after the end.
     """
     jfd = uj.fileno()
     check = True
@@ -191,10 +200,10 @@ def follow(uj: UnitJournal, out: BinaryIO, *, ended: Callable[[], bool], wake_fd
             limit = None
         jt = uj.timeout_s()
         timeout = jt if limit is None else (limit if jt is None else min(jt, limit))
-        fds = [jfd] + ([wake_fd] if wake_fd is not None and end_at is None else [])
+        fds = [jfd] if end_at is not None else [jfd, wake_fd]
         ready, _, _ = select.select(fds, [], [], timeout)
         uj.process()
-        if wake_fd is None or wake_fd in ready:
+        if wake_fd in ready:
             check = True
 
 
