@@ -21,12 +21,17 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ralph_systemd import journal
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.spec import DispatchSpec, default_log_dir
 from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.supervisor import Supervisor
 
-STATUS_SHOW_AT_S = 2.5  # when to show `systemctl --user status` of the hanging ticket
+HANG_TIMEOUT_S, GRACE_S, EOF_GRACE_S = 8.0, 3.0, 1.0
+# When to show `systemctl --user status` of the hanging ticket: inside its kill ladder, after the EOF step
+# (at its timeout) and before the SIGTERM (EOF_GRACE_S later), so its journal lines show the ladder so far.
+STATUS_SHOW_AT_S = HANG_TIMEOUT_S + EOF_GRACE_S / 2
+STATUS_LINES = 10  # journal lines under the status (systemctl's default is 10 as well)
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Ticket:
 TICKETS = [
     Ticket("works", "does its work for 2 s and exits 0", "--fake-work=2", expect=Status.COMPLETED),
     Ticket("fails", "works 3 s, then gives up with exit 3", "--fake-work=3 --fake-exit=3", expect=Status.FAILED),
-    Ticket("hangs", "never finishes; deaf to EOF; 8 s timeout", "--fake-work=0 --fake-hang", timeout=8.0,
+    Ticket("hangs", "never finishes; deaf to EOF; 8 s timeout", "--fake-work=0 --fake-hang", timeout=HANG_TIMEOUT_S,
            expect=Status.TIMEOUT),
     Ticket("idles", "starts a daemon, then goes quiet; 3 s idle timeout", "--fake-work=1 --fake-daemon --fake-idle",
            idle_timeout=3.0, expect=Status.IDLE_TIMEOUT),
@@ -96,13 +101,26 @@ def find_agent() -> str:
 
 
 def show_status(out: Out, d: Dispatch, ticket: str) -> None:
+    """What an operator's first command shows mid-ladder: the unit, and under it its journal lines."""
     out.line()
-    out.line(out.c("bold", f"  While it runs: systemctl --user status {d.unit}   ({ticket})"))
-    r = subprocess.run(["systemctl", "--user", "status", "--no-pager", "--lines=0", "--full", d.unit],
-                       capture_output=True, text=True)
+    out.line(out.c("bold", f"  While it runs: systemctl --user status {d.unit}   ({ticket}, inside its kill ladder)"))
+    r = subprocess.run(["systemctl", "--user", "status", "--no-pager", f"--lines={STATUS_LINES}", "--full", d.unit],
+                       capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0"})
     for text in (r.stdout or r.stderr).rstrip().splitlines():
-        out.line(out.c("dim", "  | ") + text)
+        out.line(out.c("dim", "  | ") + journal.escape_text(text))
     out.line()
+
+
+def show_journal(out: Out, unit: str, ticket: str) -> None:
+    """After the end the unit is gone; the journal still has its story (our lines, attributed to it)."""
+    out.line()
+    out.line(out.c("bold", f"  After it ended: journalctl --user -u {unit}   ({ticket})"))
+    r = subprocess.run(["journalctl", "--user", "--no-pager", "--no-hostname", "-o", "short", "-u", unit],
+                       capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0"})
+    lines = (r.stdout or r.stderr).rstrip().splitlines()
+    for text in lines[-STATUS_LINES:]:
+        out.line(out.c("dim", "  | ") + journal.escape_text(text))
+    out.line(out.c("dim", f"  (filter on a field: journalctl --user RALPH_TICKET={ticket} RALPH_EVENT=result)"))
 
 
 def table(out: Out, rows: list[tuple[str, DispatchResult]]) -> None:
@@ -141,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     out.line(out.c("dim", f"  agent: {agent}   (invoked like pi:  fake-agent -p \"/tf <ticket> <flags> --auto\")"))
     for t in TICKETS:
         out.line(f"  {t.name}_{run:<6} {out.c('dim', t.story)}")
-    out.line(out.c("dim", "  stop ladder: EOF on stdin -> SIGTERM after 1 s -> systemd SIGKILLs the whole cgroup after 3 s"))
+    out.line(out.c("dim", f"  stop ladder: EOF on stdin -> SIGTERM after {EOF_GRACE_S:g} s -> systemd SIGKILLs the whole "
+                          f"cgroup after {GRACE_S:g} s; each step is a line in the scope's journal"))
     out.line()
 
     names: dict[str, str] = {}
@@ -152,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
     rows: dict[str, DispatchResult] = {}
     status_shown = False
+    hang: Dispatch | None = None
+    state = journal.journal_state()  # says once why, when there is no journal to show
     try:
         with Supervisor() as sup:
             sup.handle_signals(action="stop")  # Ctrl-C stops every session with the ladder, then the table
@@ -159,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             for t in TICKETS:
                 ticket = f"{t.name}_{run}"
                 spec = DispatchSpec(argv=[agent, "-p", f"/tf {ticket} {t.flags} --auto"], ticket=ticket,
-                                    timeout=t.timeout, idle_timeout=t.idle_timeout, grace=3.0, eof_grace=1.0,
-                                    log_dir=args.log_dir)
+                                    timeout=t.timeout, idle_timeout=t.idle_timeout, grace=GRACE_S,
+                                    eof_grace=EOF_GRACE_S, log_dir=args.log_dir)
                 d = sup.launch(spec)
                 names[d.unit] = ticket
                 if d.result is not None:
@@ -187,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                         show_status(out, hang, names[hang.unit])
     finally:
         logger.removeHandler(handler)
+    if hang is not None:
+        if state.enabled:
+            show_journal(out, hang.unit, names[hang.unit])
+        else:
+            out.line(out.c("dim", f"  journal off: {state.reason}"))
     out.line()
     table(out, [(k, rows[k]) for k in (f"{t.name}_{run}" for t in TICKETS) if k in rows])
     expected = {f"{t.name}_{run}": t.expect for t in TICKETS}
