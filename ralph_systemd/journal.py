@@ -427,6 +427,14 @@ class JournalOutput:
     stderr_priority: int = LOG_INFO
     stream_fd: StreamFd | None = None  # the C function, bound in the parent (tests pass a fake)
 
+    def __post_init__(self) -> None:
+        # Checked here, in the parent: libsystemd would otherwise log (and take locks) in the child.
+        for p in (self.stdout_priority, self.stderr_priority):
+            if not 0 <= p <= 7:
+                raise ValueError(f"journal priority {p} is not 0..7")
+        if not self.identifier or "\n" in self.identifier:
+            raise ValueError(f"journal identifier {self.identifier!r}: use stream_identifier()")
+
     def connect(self) -> tuple[int, int]:
         """IN THE FORKED CHILD, after it is inside its scope, before exec: (stdout fd, stderr fd).
 

@@ -207,6 +207,26 @@ def follow(uj: LineSource, out: BinaryIO, *, ended: Callable[[], bool], wake_fd:
             check = True
 
 
+def latest_output_us(unit: str, invocation_id: str | None = None, uid: int | None = None) -> int | None:
+    """When the scope last wrote a line (realtime µs), or None: the journal mode's idle-timeout clock.
+
+    In the journal output mode the private log's mtime no longer moves; this is its replacement (one
+    journal open and a seek to the tail: a few ms, once per idle period). journald stamps a line when it
+    reads it, so the age is at most a few hundred ms too high.
+    """
+    uid = os.getuid() if uid is None else uid
+    r = _reader()
+    try:
+        r.add_match(_SYSTEMD_USER_UNIT=unit, _UID=str(uid))
+        if invocation_id:
+            r.add_match(_SYSTEMD_INVOCATION_ID=invocation_id)
+        r.seek_tail()
+        e = r.get_previous()
+        return _realtime_us(e.get("__REALTIME_TIMESTAMP")) if e else None
+    finally:
+        r.close()
+
+
 @dataclass(frozen=True)
 class LaunchRecord:
     """What the `launched` line of a dispatch says: enough for `logs` to find its output."""

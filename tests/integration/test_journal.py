@@ -22,7 +22,7 @@ import pytest
 
 from ralph_systemd import DispatchSpec, Status, Supervisor
 from ralph_systemd import journal as J
-from ralph_systemd.journal_read import UnitJournal, find_launch, follow
+from ralph_systemd.journal_read import UnitJournal, find_launch, follow, latest_output_us
 
 PROGRAMS = Path(__file__).parent / "programs"
 SYSTEMCTL_ENV = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "COLUMNS": "500"}
@@ -53,6 +53,10 @@ def _wait_entries(n: int, timeout: float = 15.0, **matches: str) -> list[dict[st
             r.wait(left)
     finally:
         r.close()
+
+
+def _entry_us(entry: dict[str, Any]) -> int:
+    return int(entry["__REALTIME_TIMESTAMP"].timestamp() * 1_000_000)
 
 
 def _status(unit: str, lines: int = 20) -> str:
@@ -154,6 +158,10 @@ def test_forked_child_connected_inside_its_scope_has_its_lines_under_the_scope(t
             with UnitJournal(d.unit, invocation_id=inv) as uj:
                 text = [ln.text for ln in uj.read()]
             assert text == [f"out {tag}", f"err {tag}", f"esc {tag} \\x1b[31mred"]
+            # The journal mode's idle clock: when the scope last wrote (the stamp of its last line).
+            last = latest_output_us(d.unit, inv)
+            assert last is not None and abs(last - _entry_us(lines[-1])) < 1000
+            assert latest_output_us(d.unit, "0" * 32) is None
         finally:
             sup.stop(d)
             sup.wait(d)
