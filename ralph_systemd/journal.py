@@ -216,13 +216,47 @@ def result_entry(r: DispatchResult) -> Entry:
         msg += f"; {r.leftovers_killed} leftover process(es) killed"
     if r.error:
         msg += f"; {escape_text(r.error, 400)}"
-    priority = LOG_INFO if r.ok else (LOG_ERR if r.status in (Status.ERROR, Status.OOM, Status.UNKNOWN) else LOG_WARNING)
-    return Entry(Event.RESULT, msg, priority, {
+    return Entry(Event.RESULT, msg, priority_for(Event.RESULT, r.status), {
         "RALPH_STATUS": str(r.status), "RALPH_EXIT_CODE": r.exit_code, "RALPH_SIGNAL": r.signal_name,
         "RALPH_TERMINATION": str(r.termination_method), "RALPH_SYSTEMD_RESULT": r.systemd_result,
         "RALPH_LEFTOVERS": r.leftovers_killed, "RALPH_DURATION_S": _num(r.duration_s),
         "RALPH_ERROR": escape_text(r.error) if r.error else None,
     })
+
+
+#: The priority of each lifecycle line (a result's depends on its status: see priority_for).
+EVENT_PRIORITY = {Event.LAUNCHED: LOG_INFO, Event.STOP_REQUESTED: LOG_NOTICE, Event.EOF: LOG_NOTICE,
+                  Event.SIGTERM: LOG_NOTICE, Event.SIGKILL: LOG_WARNING, Event.LEFTOVERS: LOG_NOTICE}
+
+
+def priority_for(event: str, status: str | None = None) -> int:
+    """info for a launch and a completed result, notice for ladder steps, warning for SIGKILL and for
+    results other than completed, err for error, oom and unknown results."""
+    if event == Event.RESULT:
+        if status == Status.COMPLETED:
+            return LOG_INFO
+        return LOG_ERR if status in (Status.ERROR, Status.OOM, Status.UNKNOWN) else LOG_WARNING
+    try:
+        return EVENT_PRIORITY[Event(event)]
+    except ValueError:
+        return LOG_INFO
+
+
+def ralph_fields(event: str, fields: Mapping[str, object]) -> dict[str, str | int | None]:
+    """Lower-case dispatch facts ({"ticket": "T-1", "exit_code": 3, "unit": ...}) as RALPH_* fields
+    (RALPH_TICKET, RALPH_EXIT_CODE, ...) plus RALPH_EVENT; "unit" is dropped (it is USER_UNIT)."""
+    out: dict[str, str | int | None] = {"RALPH_EVENT": str(event)}
+    for key, value in fields.items():
+        if key == "unit":
+            continue
+        name = "RALPH_" + re.sub(r"[^A-Z0-9_]", "_", key.upper())
+        if value is None or isinstance(value, (str, int)):
+            out[name] = value
+        elif isinstance(value, float):
+            out[name] = _num(value)
+        else:
+            out[name] = str(value)
+    return out
 
 
 def _num(x: float | None) -> str | None:
@@ -370,6 +404,13 @@ class Journal:
             _disable(f"sending to journald failed ({e.strerror or e})")
             return False
         return True
+
+    def lifecycle(self, unit: str, event: str, message: str, fields: Mapping[str, object]) -> bool:
+        """One lifecycle line from the Dispatch's own wording and facts (the DispatchHost.lifecycle hook):
+        priority from the event (and a result's status), facts as RALPH_* fields (see ralph_fields)."""
+        status = fields.get("status")
+        return self.event(unit, message, priority=priority_for(event, str(status) if status is not None else None),
+                          fields=ralph_fields(event, fields))
 
     def send(self, unit: str, entry: Entry, *, ticket: str, session: str | None,
              invocation_id: str | None = None) -> bool:

@@ -137,6 +137,57 @@ def test_lifecycle_lines_show_in_status_while_running_and_in_journalctl_after(tm
     assert rec.output == "file" and rec.log_path == str(tmp_path / "x.log")
 
 
+@pytest.fixture
+def wired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring proposed to the lead, until it lands: the Dispatch's lifecycle hook also sends each line to
+    the journal. (Harmless once wired: the patched hook does what the wired one does.)"""
+    from ralph_systemd import supervisor
+
+    journal = J.Journal()
+    original = supervisor._Host.lifecycle
+
+    def lifecycle(self: Any, d: Any, event: str, message: str, fields: Any) -> None:
+        original(self, d, event, message, fields)
+        journal.lifecycle(d.unit, event, message, {**fields, "invocation_id": d.invocation_id})
+
+    monkeypatch.setattr(supervisor._Host, "lifecycle", lifecycle)
+
+
+def test_the_dispatch_ladder_shows_in_status_while_it_runs_and_in_journalctl_after(
+        tmp_path: Path, wired: None) -> None:
+    t = _ticket("ladder")
+    deaf = "trap '' TERM; while :; do sleep 0.1; done"  # deaf to EOF and SIGTERM: the ladder runs to SIGKILL
+    with Supervisor() as sup:
+        d = sup.launch(DispatchSpec(argv=["sh", "-c", deaf], ticket=t, timeout=1, grace=2.5, eof_grace=0.5,
+                                    log_dir=tmp_path))
+        assert d.result is None, d.result
+        _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="sigterm")  # the ladder is at its second step
+        status = _status(d.unit)
+        ours = [line.split("]: ", 1)[1] for line in status.splitlines() if "ralph-systemd[" in line]
+        assert [x.split(" ")[0] for x in ours] == ["launched", "systemd", "stdin", "SIGTERM"], status
+        sup.wait(d)
+    r = d.result
+    assert r is not None and r.status is Status.TIMEOUT and str(r.termination_method) == "sigkill", r
+    _wait_entries(6, RALPH_TICKET=t)
+    ours_after = [e for e in _journalctl_json("-u", d.unit) if e.get("SYSLOG_IDENTIFIER") == "ralph-systemd"]
+    assert [e["RALPH_EVENT"] for e in ours_after] == ["launched", "stop-requested", "eof", "sigterm", "sigkill",
+                                                      "result"]
+    result = ours_after[-1]
+    assert result["RALPH_STATUS"] == "timeout" and result["RALPH_SIGNAL"] == "SIGKILL"
+    assert "RALPH_EXIT_CODE" not in result and result["PRIORITY"] == str(J.LOG_WARNING)
+    assert result["RALPH_INVOCATION_ID"] == r.invocation_id
+
+
+def test_the_result_line_has_the_sessions_exit_code(tmp_path: Path, wired: None) -> None:
+    t = _ticket("exit")
+    with Supervisor() as sup:
+        d = sup.launch(DispatchSpec(argv=["sh", "-c", "exit 7"], ticket=t, timeout=30, log_dir=tmp_path))
+        sup.wait(d)
+    [result] = _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="result")
+    assert result["RALPH_EXIT_CODE"] == "7" and result["RALPH_STATUS"] == "failed"
+    assert [e["RALPH_EVENT"] for e in _journalctl_json(f"RALPH_TICKET={t}", "RALPH_EXIT_CODE=7")] == ["result"]
+
+
 def test_forked_child_connected_inside_its_scope_has_its_lines_under_the_scope(tmp_path: Path) -> None:
     t = _ticket("out")
     tag = uuid.uuid4().hex[:8]

@@ -324,3 +324,38 @@ def test_journal_output_is_built_in_the_parent_with_the_program_name() -> None:
     else:
         assert out is not None and out.identifier == "pi" and out.stdout_priority == out.stderr_priority == 6
         assert out.stream_fd is J.bindings().stream_fd
+
+
+# -- the bridge from the Dispatch's own lifecycle hook ----------------------------------------------
+
+def test_lifecycle_maps_the_dispatch_facts_to_ralph_fields() -> None:
+    fake = FakeSender()
+    assert J.Journal(fake).lifecycle(
+        "ralph-T\\x2d1.scope", "result", "timeout (signal SIGKILL, ...)\nsecond line",
+        {"ticket": "T-1", "session": "s1", "unit": "ralph-T\\x2d1.scope", "status": "timeout", "exit_code": None,
+         "signal": "SIGKILL", "termination": "sigkill", "leftovers": 2, "duration_s": 8.25,
+         "invocation_id": "abc"})
+    sent = dict(f.split("=", 1) for f in fake.sent[0])
+    assert sent == {"MESSAGE": "timeout (signal SIGKILL, ...)\\nsecond line", "PRIORITY": "4",
+                    "SYSLOG_IDENTIFIER": "ralph-systemd", "USER_UNIT": "ralph-T\\x2d1.scope",
+                    "RALPH_EVENT": "result", "RALPH_TICKET": "T-1", "RALPH_SESSION": "s1",
+                    "RALPH_STATUS": "timeout", "RALPH_SIGNAL": "SIGKILL", "RALPH_TERMINATION": "sigkill",
+                    "RALPH_LEFTOVERS": "2", "RALPH_DURATION_S": "8.25", "RALPH_INVOCATION_ID": "abc",
+                    "USER_INVOCATION_ID": "abc"}
+
+
+@pytest.mark.parametrize(("event", "status", "prio"), [
+    ("launched", None, J.LOG_INFO), ("stop-requested", None, J.LOG_NOTICE), ("eof", None, J.LOG_NOTICE),
+    ("sigterm", None, J.LOG_NOTICE), ("sigkill", None, J.LOG_WARNING), ("leftovers", None, J.LOG_NOTICE),
+    ("result", "completed", J.LOG_INFO), ("result", "failed", J.LOG_WARNING), ("result", "timeout", J.LOG_WARNING),
+    ("result", "error", J.LOG_ERR), ("result", "oom", J.LOG_ERR), ("result", "unknown", J.LOG_ERR),
+    ("something-new", None, J.LOG_INFO),
+])
+def test_priority_for(event: str, status: str | None, prio: int) -> None:
+    assert J.priority_for(event, status) == prio
+
+
+def test_ralph_fields_names() -> None:
+    assert J.ralph_fields("launched", {"log": "/l", "timeout_s": 1.5, "pid": 3, "weird-key": object}) == {
+        "RALPH_EVENT": "launched", "RALPH_LOG": "/l", "RALPH_TIMEOUT_S": "1.5", "RALPH_PID": 3,
+        "RALPH_WEIRD_KEY": "<class 'object'>"}
