@@ -86,8 +86,9 @@ class LadderEvents(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
         unit, _, rest = msg.partition(": ")
-        if unit not in self.names or rest in {s.value for s in Status}:
-            return  # the final status is printed by the loop itself
+        first = rest.split(" ", 1)[0]
+        if unit not in self.names or first == "launched" or first in {s.value for s in Status}:
+            return  # the launch and the result ("<status> (exit code ...") are printed by the loop itself
         self.out.event("ladder", f"{self.names[unit]:<11} {self.out.c('dim', rest)}", "cyan")
 
 
