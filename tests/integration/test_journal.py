@@ -168,10 +168,11 @@ def test_the_dispatch_ladder_shows_in_status_while_it_runs_and_in_journalctl_aft
         sup.wait(d)
     r = d.result
     assert r is not None and r.status is Status.TIMEOUT and str(r.termination_method) == "sigkill", r
-    _wait_entries(6, RALPH_TICKET=t)
+    _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="result")
     ours_after = [e for e in _journalctl_json("-u", d.unit) if e.get("SYSLOG_IDENTIFIER") == "ralph-systemd"]
-    assert [e["RALPH_EVENT"] for e in ours_after] == ["launched", "stop-requested", "eof", "sigterm", "sigkill",
-                                                      "result"]
+    events = [e["RALPH_EVENT"] for e in ours_after]
+    assert events[:5] == ["launched", "stop-requested", "eof", "sigterm", "sigkill"] and events[-1] == "result"
+    assert set(events[5:-1]) <= {"leftovers"}, events  # 257: the loop's `sleep` may be seen left over
     result = ours_after[-1]
     assert result["RALPH_STATUS"] == "timeout" and result["RALPH_SIGNAL"] == "SIGKILL"
     assert "RALPH_EXIT_CODE" not in result and result["PRIORITY"] == str(J.LOG_WARNING)
