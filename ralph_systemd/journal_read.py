@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from ralph_systemd.journal import IDENTIFIER, Event, bindings, escape_text
+from ralph_systemd.journal import IDENTIFIER, Event, bindings, escape_text, read_state
 
 
 SETTLE_S = 1.0  # after the unit ended: stop once no new line came for this long (journald may still be writing)
@@ -238,6 +238,19 @@ class LaunchRecord:
     output: str  # "journal" or "file"
     log_path: str | None
     realtime_us: int
+
+    #: The session may write before its launched line is sent (that waits for the exec report).
+    EARLY_US = 2_000_000
+
+    def open_output(self, *, lines: int | None = None, lifecycle: bool = False) -> UnitJournal:
+        """The session's lines of this run: by invocation ID when the launched line has one, else from
+        shortly before the launch on. OSError (its message says why) when the journal cannot be read."""
+        state = read_state()
+        if not state.enabled:
+            raise OSError(state.reason)
+        since = None if self.invocation_id else self.realtime_us - self.EARLY_US
+        return UnitJournal(self.unit, invocation_id=self.invocation_id, since_us=since, lines=lines,
+                           lifecycle=lifecycle)
 
 
 def find_launch(ticket: str, session: str | None = None, uid: int | None = None) -> LaunchRecord | None:

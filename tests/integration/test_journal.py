@@ -210,6 +210,15 @@ def test_forked_child_connected_inside_its_scope_has_its_lines_under_the_scope(t
             with UnitJournal(d.unit, invocation_id=inv) as uj:
                 text = [ln.text for ln in uj.read()]
             assert text == [f"out {tag}", f"err {tag}", f"esc {tag} \\x1b[31mred"]
+            # What `logs` does: find the run from its launched line, then read its output (the last 2 lines).
+            journal = J.Journal()
+            journal.send(d.unit, J.launched_entry(ticket=t, session=d.session or "", argv=["x"], output="journal"),
+                         ticket=t, session=d.session, invocation_id=inv)
+            _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="launched")
+            rec = find_launch(t, d.session)
+            assert rec is not None and rec.output == "journal" and rec.invocation_id == inv
+            with rec.open_output(lines=2) as uj:
+                assert [ln.text for ln in uj.read()] == [f"err {tag}", f"esc {tag} \\x1b[31mred"]
             # The journal mode's idle clock: when the scope last wrote (the stamp of its last line).
             last = latest_output_us(d.unit, inv)
             assert last is not None and abs(last - _entry_us(lines[-1])) < 1000
