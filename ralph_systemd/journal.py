@@ -130,19 +130,10 @@ def launched_entry(*, ticket: str, session: str, argv: Sequence[str], pid: int |
                    memory_max: int | None = None, tasks_max: int | None = None,
                    cpu_quota: float | None = None) -> Entry:
     """`launched T-42 (session s1, pid 123): pi -p '/tf T-42'; timeout 1h, idle 10min, grace 30s; output file ...`"""
-    limits = []
-    if timeout is not None:
-        limits.append(f"timeout {format_duration(timeout)}")
-    if idle_timeout is not None:
-        limits.append(f"idle {format_duration(idle_timeout)}")
-    if grace is not None:
-        limits.append(f"grace {format_duration(grace)}")
-    if memory_max is not None:
-        limits.append(f"memory {format_size(memory_max)}")
-    if tasks_max is not None:
-        limits.append(f"tasks {tasks_max}")
-    if cpu_quota is not None:
-        limits.append(f"cpu {cpu_quota:g}%")
+    shown: list[tuple[str, Any, Callable[[Any], str]]] = [("timeout", timeout, format_duration), ("idle", idle_timeout, format_duration),
+             ("grace", grace, format_duration), ("memory", memory_max, format_size),
+             ("tasks", tasks_max, str), ("cpu", cpu_quota, lambda q: f"{q:g}%")]
+    limits = [f"{name} {fmt(value)}" for name, value, fmt in shown if value is not None]
     who = f"session {escape_text(session)}" + (f", pid {pid}" if pid is not None else "")
     where = "output to the journal" if output == "journal" else f"log {escape_text(log_path or '-')}"
     msg = f"launched {escape_text(ticket)} ({who}): {format_argv(argv)}"
