@@ -130,9 +130,10 @@ def launched_entry(*, ticket: str, session: str, argv: Sequence[str], pid: int |
                    memory_max: int | None = None, tasks_max: int | None = None,
                    cpu_quota: float | None = None) -> Entry:
     """`launched T-42 (session s1, pid 123): pi -p '/tf T-42'; timeout 1h, idle 10min, grace 30s; output file ...`"""
-    shown: list[tuple[str, Any, Callable[[Any], str]]] = [("timeout", timeout, format_duration), ("idle", idle_timeout, format_duration),
-             ("grace", grace, format_duration), ("memory", memory_max, format_size),
-             ("tasks", tasks_max, str), ("cpu", cpu_quota, lambda q: f"{q:g}%")]
+    shown: list[tuple[str, Any, Callable[[Any], str]]] = [
+        ("timeout", timeout, format_duration), ("idle", idle_timeout, format_duration),
+        ("grace", grace, format_duration), ("memory", memory_max, format_size),
+        ("tasks", tasks_max, str), ("cpu", cpu_quota, lambda q: f"{q:g}%")]
     limits = [f"{name} {fmt(value)}" for name, value, fmt in shown if value is not None]
     who = f"session {escape_text(session)}" + (f", pid {pid}" if pid is not None else "")
     where = "output to the journal" if output == "journal" else f"log {escape_text(log_path or '-')}"
