@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     out.line(out.c("dim", f"  agent: {agent}   (invoked like pi:  fake-agent -p \"/tf <ticket> <flags> --auto\")"))
     for t in TICKETS:
         out.line(f"  {t.name}_{run:<6} {out.c('dim', t.story)}")
-    out.line(out.c("dim", f"  stop ladder: EOF on stdin -> SIGTERM after {EOF_GRACE_S:g} s -> systemd SIGKILLs the whole "
-                          f"cgroup after {GRACE_S:g} s; each step is a line in the scope's journal"))
+    out.line(out.c("dim", f"  stop ladder: EOF on stdin -> SIGTERM after {EOF_GRACE_S:g} s -> systemd SIGKILLs the "
+                          f"whole cgroup after {GRACE_S:g} s; each step is a line in the scope's journal"))
     out.line()
 
     names: dict[str, str] = {}

@@ -169,7 +169,8 @@ def stop_requested_entry(reason: str, *, by: str | None = None, idle: float | No
 
 def eof_entry(eof_grace: float) -> Entry:
     """`closed the session's stdin (EOF); SIGTERM in 1s unless it exits`."""
-    return Entry(Event.EOF, f"closed the session's stdin (EOF); SIGTERM in {format_duration(eof_grace)} unless it exits",
+    return Entry(Event.EOF,
+                 f"closed the session's stdin (EOF); SIGTERM in {format_duration(eof_grace)} unless it exits",
                  LOG_NOTICE, {"RALPH_EOF_GRACE_S": _num(eof_grace)})
 
 

@@ -304,8 +304,9 @@ def test_connect_failure_raises_and_leaks_no_fd() -> None:
         fake.close()
 
 
-@pytest.mark.parametrize(("kw", "what"), [({"stdout_priority": 8}, "priority 8"), ({"stderr_priority": -1}, "priority -1"),
-                                         ({"identifier": "a\nb"}, "identifier"), ({"identifier": ""}, "identifier")])
+@pytest.mark.parametrize(("kw", "what"), [
+    ({"stdout_priority": 8}, "priority 8"), ({"stderr_priority": -1}, "priority -1"),
+    ({"identifier": "a\nb"}, "identifier"), ({"identifier": ""}, "identifier")])
 def test_journal_output_is_checked_in_the_parent(kw: dict[str, object], what: str) -> None:
     args: dict[str, object] = {"identifier": "pi", **kw}
     with pytest.raises(ValueError, match=what):
