@@ -254,7 +254,11 @@ class LaunchRecord:
 
 
 def find_launch(ticket: str, session: str | None = None, uid: int | None = None) -> LaunchRecord | None:
-    """The newest launched line for a ticket (and session): where its output went. None if there is none."""
+    """The newest launched line for a ticket (and session): where its output went. None if there is none.
+
+    A line sent from inside a ralph scope is skipped: journald stamps the sender's unit, and a session
+    could otherwise forge a launched line (say, naming another log file) for `logs` to follow.
+    """
     uid = os.getuid() if uid is None else uid
     r = _reader()
     try:
@@ -263,7 +267,10 @@ def find_launch(ticket: str, session: str | None = None, uid: int | None = None)
         if session is not None:
             r.add_match(RALPH_SESSION=session)
         r.seek_tail()
-        e = r.get_previous()
+        while e := r.get_previous():
+            sender = str(e.get("_SYSTEMD_USER_UNIT", ""))
+            if not (sender.startswith("ralph-") and sender.endswith(".scope")):
+                break
         if not e:
             return None
         return LaunchRecord(

@@ -316,3 +316,28 @@ def test_a_user_who_cannot_read_their_journal_gets_no_journal_either(tmp_path: P
     assert res["connect_error"] is None  # journald itself is there ...
     assert "cannot read your own journal" in res["state"]  # ... but `logs` could not read what we sent
     assert len([line for line in err.splitlines() if "journal off" in line]) == 1, err
+
+
+_FORGER = """
+import sys
+from systemd import journal
+journal.sendv("MESSAGE=launched (forged)", "SYSLOG_IDENTIFIER=ralph-systemd", "RALPH_EVENT=launched",
+              "RALPH_TICKET=" + sys.argv[1], "RALPH_OUTPUT=file", "RALPH_LOG=/etc/passwd", "USER_UNIT=x.scope")
+"""
+
+
+def test_a_session_cannot_forge_the_launched_line_logs_relies_on(tmp_path: Path) -> None:
+    t = _ticket("forge")
+    with Supervisor() as sup:
+        d = sup.launch(DispatchSpec(argv=[sys.executable, "-c", _FORGER, t], ticket=t, timeout=30, log_dir=tmp_path))
+        sup.wait(d)
+    assert d.result is not None and d.result.status is Status.COMPLETED, d.result
+    [forged] = _wait_entries(1, RALPH_TICKET=t)
+    assert forged["_SYSTEMD_USER_UNIT"] == d.unit  # journald says who really sent it
+    assert find_launch(t) is None
+    journal = J.Journal()
+    journal.send(d.unit, J.launched_entry(ticket=t, session="s", argv=["x"], log_path="/real.log"), ticket=t,
+                 session="s")
+    _wait_entries(2, RALPH_TICKET=t)
+    rec = find_launch(t)
+    assert rec is not None and rec.log_path == "/real.log"
