@@ -65,6 +65,11 @@ def to_line(entry: dict[str, Any], unit: str | None = None) -> LogLine:
     )
 
 
+def is_ralph_scope(unit: str) -> bool:
+    """Whether journald's `_SYSTEMD_USER_UNIT` names a dispatch's scope (a sender we do not trust)."""
+    return unit.startswith("ralph-") and unit.endswith(".scope")
+
+
 def _realtime_us(ts: Any) -> int:
     """The reader gives a datetime; tests may give microseconds."""
     if ts is None:
@@ -123,6 +128,9 @@ class UnitJournal:
         out = []
         entries, self._pending = self._pending, []
         while entry := (entries.pop(0) if entries else self._r.get_next()):
+            sender = str(entry.get("_SYSTEMD_USER_UNIT", ""))
+            if sender != self._unit and is_ralph_scope(sender):
+                continue  # a "lifecycle" line another session sent about this one: not ours, not its output
             line = to_line(entry, self._unit)
             if self._since is not None and line.realtime_us < self._since:
                 continue
@@ -268,8 +276,7 @@ def find_launch(ticket: str, session: str | None = None, uid: int | None = None)
             r.add_match(RALPH_SESSION=session)
         r.seek_tail()
         while e := r.get_previous():
-            sender = str(e.get("_SYSTEMD_USER_UNIT", ""))
-            if not (sender.startswith("ralph-") and sender.endswith(".scope")):
+            if not is_ralph_scope(str(e.get("_SYSTEMD_USER_UNIT", ""))):
                 break
         if not e:
             return None
