@@ -103,6 +103,9 @@ class UnitJournal:
                  since_us: int | None = None, lines: int | None = None, uid: int | None = None) -> None:
         uid = os.getuid() if uid is None else uid
         self._r = _reader()
+        # The inotify watches exist from sd_journal_get_fd() on: set them up before the first read, or an
+        # entry written between that read and a later get_fd() is never announced (sd_journal_get_fd(3)).
+        self._fd = int(self._r.fileno())
         self._r.add_match(_SYSTEMD_USER_UNIT=unit, _UID=str(uid))
         if invocation_id:
             self._r.add_match(_SYSTEMD_INVOCATION_ID=invocation_id)
@@ -122,7 +125,6 @@ class UnitJournal:
             self._r.seek_realtime(since_us / 1e6)
         else:
             self._r.seek_head()
-        self._fd: int | None = None
 
     def read(self) -> list[LogLine]:
         out = []
@@ -139,8 +141,6 @@ class UnitJournal:
 
     def fileno(self) -> int:
         """The fd to wait on (readable = the journal changed; then call process())."""
-        if self._fd is None:
-            self._fd = int(self._r.fileno())
         return self._fd
 
     def timeout_s(self) -> float | None:

@@ -22,7 +22,7 @@ import pytest
 
 from ralph_systemd import DispatchSpec, Status, Supervisor
 from ralph_systemd import journal as J
-from ralph_systemd.journal_read import UnitJournal, find_launch, follow, latest_output_us
+from ralph_systemd.journal_read import SETTLE_S, UnitJournal, find_launch, follow, latest_output_us
 
 PROGRAMS = Path(__file__).parent / "programs"
 SYSTEMCTL_ENV = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "COLUMNS": "500"}
@@ -36,6 +36,7 @@ def _wait_entries(n: int, timeout: float = 15.0, **matches: str) -> list[dict[st
     """The first n entries of the user's journal matching `matches`, waiting on the journal's fd for them."""
     sdj = J.bindings()
     r = sdj.Reader(flags=sdj.CURRENT_USER)
+    r.fileno()  # the inotify watches, before the first read: nothing written after it goes unannounced
     r.add_match(**matches)
     r.seek_head()
     got: list[dict[str, Any]] = []
@@ -244,14 +245,28 @@ def test_follow_prints_lines_as_they_come_and_returns_when_the_unit_ended(tmp_pa
             out = BytesIO()
             t0 = time.monotonic()
             with UnitJournal(d.unit, invocation_id=inv, lifecycle=True) as uj:
-                follow(uj, out, wake_fd=pidfd, ended=lambda: bool(select.select([pidfd], [], [], 0)[0]),
-                       settle_s=0.5)
+                follow(uj, out, wake_fd=pidfd, ended=lambda: bool(select.select([pidfd], [], [], 0)[0]))
             took = time.monotonic() - t0
         finally:
             os.close(pidfd)
         sup.wait(d)
-    assert out.getvalue().decode() == "line 1\nline 2\nline 3\nline 4\n"
-    assert took < 1.2 + 0.5 + 3.0, took  # ran ~1.2 s, then 0.5 s of quiet; bounded, not a fixed wait
+    assert out.getvalue().decode() == "line 1\nline 2\nline 3\nline 4\n", (out.getvalue(), took)
+    assert took < 1.2 + SETTLE_S + 3.0, took  # ran ~1.2 s, then SETTLE_S of quiet; bounded, not a fixed wait
+
+
+def test_a_line_written_after_the_first_read_is_announced_on_the_fd() -> None:
+    """The fd must watch the journal from before the first read: else a line written in between is only
+    seen after some other write, which for a quiet session may never come."""
+    t = _ticket("race")
+    unit = f"ralph-{t}.scope"  # lifecycle lines need no live unit
+    with UnitJournal(unit, lifecycle=True) as uj:
+        assert uj.read() == []
+        assert J.Journal().event(unit, "hello", fields={"RALPH_TICKET": t})
+        _wait_entries(1, RALPH_TICKET=t)  # journald has written it (another reader saw it) ...
+        time.sleep(0.6)  # ... and announced it: its post-change notification follows within 250 ms (no event for us)
+        ready, _, _ = select.select([uj.fileno()], [], [], 5.0)
+        uj.process()
+        assert ready and [ln.text for ln in uj.read()] == ["hello"]
 
 
 # The session for the follow test: connect stdout to the journal (as the launcher's child will), then
