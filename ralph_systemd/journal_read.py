@@ -261,8 +261,10 @@ class LaunchRecord:
                            lifecycle=lifecycle)
 
 
-def find_launch(ticket: str, session: str | None = None, uid: int | None = None) -> LaunchRecord | None:
-    """The newest launched line for a ticket (and session): where its output went. None if there is none.
+def find_launch(ticket: str, session: str | None = None, uid: int | None = None, *,
+                unit: str | None = None) -> LaunchRecord | None:
+    """The newest launched line for a ticket (and session; and unit, which names the project too): where its
+    output went. None if there is none.
 
     A line sent from inside a ralph scope is skipped: journald stamps the sender's unit, and a session
     could otherwise forge a launched line (say, naming another log file) for `logs` to follow.
@@ -274,6 +276,8 @@ def find_launch(ticket: str, session: str | None = None, uid: int | None = None)
                     _UID=str(uid))
         if session is not None:
             r.add_match(RALPH_SESSION=session)
+        if unit is not None:
+            r.add_match(USER_UNIT=unit)
         r.seek_tail()
         while e := r.get_previous():
             if not is_ralph_scope(str(e.get("_SYSTEMD_USER_UNIT", ""))):

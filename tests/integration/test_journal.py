@@ -135,6 +135,7 @@ def test_lifecycle_lines_show_in_status_while_running_and_in_journalctl_after(tm
     # `logs` can find where a dispatch wrote from its launched line, after the unit is gone.
     rec = find_launch(t)
     assert rec is not None and rec.unit == d.unit and rec.session == d.session and rec.invocation_id == inv
+    assert find_launch(t, unit=d.unit) == rec and find_launch(t, unit="ralph-other-project.scope") is None
     assert rec.output == "file" and rec.log_path == str(tmp_path / "x.log")
 
 
