@@ -120,6 +120,8 @@ class SystemdBus(Protocol):
 
     def unit_outcome(self, name: str) -> tuple[str, str, str]: ...
 
+    def invocation_id(self, name: str) -> str: ...
+
     def stop_unit(self, name: str) -> None: ...
 
     def kill_unit(self, name: str, who: Literal["main", "all"], signum: int) -> None: ...
@@ -412,6 +414,11 @@ class PystemdUserBus:
         result = _s(self._call(PROPS_IFACE, path, b"Get", b"ss", [SCOPE_IFACE, b"Result"]))
         inv = self._call(PROPS_IFACE, path, b"Get", b"ss", [UNIT_IFACE, b"InvocationID"])
         return active, result, bytes(inv or b"").hex()
+
+    def invocation_id(self, name: str) -> str:
+        """The unit's InvocationID (hex), one small Get."""
+        inv = self._call(PROPS_IFACE, unit_path(name).encode(), b"Get", b"ss", [UNIT_IFACE, b"InvocationID"])
+        return bytes(inv or b"").hex()
 
     def unit_processes(self, name: str) -> list[int]:
         try:

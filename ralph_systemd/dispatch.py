@@ -29,6 +29,7 @@ from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
 from ralph_systemd.inotify import IN_MODIFY, Inotify
 from ralph_systemd.launch import Launch, LaunchError
+from ralph_systemd.journal_read import latest_output_us
 from ralph_systemd.logs import log_space_problem
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.retry import BusError
@@ -130,6 +131,7 @@ class Dispatch:
         self.step = Termination.NATURAL  # how far the ladder has gone
         self._ladder_pending = False  # RequestStop came while starting: run the ladder once it runs
         self.leftovers = 0
+        self._zombie = False  # exited, status read, not reaped yet (see on_pidfd_ready)
         self.warnings: list[str] = []
         self._others_at_stop = 0  # processes besides the main one at the last ladder step
         self.error: str | None = None
@@ -159,7 +161,8 @@ class Dispatch:
             self._owner.wait(self)
 
     def _fields(self, **extra: object) -> dict[str, object]:
-        return {"ticket": self.ticket, "session": self.session, "unit": self.unit, **extra}
+        return {"ticket": self.ticket, "session": self.session, "unit": self.unit,
+                "invocation_id": self.invocation_id, **extra}
 
     def _say(self, event: str, message: str, **extra: object) -> None:
         self._host.lifecycle(self, event, message, self._fields(**extra))
@@ -224,9 +227,17 @@ class Dispatch:
             self._idle_deadline = now + self.idle_timeout
         self._check_log_space()
         spec = self.spec
-        self._say("launched", f"launched {spec.describe()} (log {self.log_path}, timeout "
-                  f"{_secs(spec.timeout)}, idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
-                  pid=self.pid, log=self.log_path, timeout_s=spec.timeout)
+        if self.invocation_id is None:  # usually known from the scope's PropertiesChanged by now
+            try:
+                self.invocation_id = self._host.bus.invocation_id(self.unit) or None
+            except BusError as e:
+                log.debug("%s: InvocationID: %s", self.unit, e)
+        where = "the journal" if spec.output == "journal" else f"log {self.log_path}"
+        self._say("launched", f"launched {spec.describe()} (output to {where}, timeout {_secs(spec.timeout)}, "
+                  f"idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
+                  pid=self.pid, log=self.log_path, output=spec.output, timeout_s=spec.timeout,
+                  idle_timeout_s=spec.idle_timeout, grace_s=spec.grace, memory_max=spec.memory_max,
+                  tasks_max=spec.tasks_max, cpu_quota=spec.cpu_quota)
         self._host.changed(self)
         if self._ladder_pending:
             self._ladder_pending = False
@@ -240,6 +251,10 @@ class Dispatch:
         self._host.remove_reader(self._exec_fd)
         self._exec_fd = None
         why = self._launch.exec_failure()
+        for notice in self._launch.child.notices if self._launch.child is not None else []:
+            self.warnings.append(f"journal output unavailable ({notice}): the output goes to the log file "
+                                 f"{self.log_path}")
+            self._say("warning", self.warnings[-1])
         if why is not None:
             self._fail(f"{self.spec.argv[0]!r} did not start: {why}")
             return
@@ -369,7 +384,9 @@ class Dispatch:
     # -- the main process ---------------------------------------------------------------------------------
 
     def on_pidfd_ready(self) -> None:
-        """Our child (the session's main process) has exited: reap it."""
+        """Our child (the session's main process) has exited: read its exit status. It stays a zombie until
+        the dispatch ends (close() reaps it): journald attributes a stream to a unit by reading the writer's
+        /proc/PID when it handles its lines, which fails for a process already reaped."""
         if self.child is None or self.pid is None or self.main_exited:
             return
         if self._exec_fd is not None:
@@ -377,20 +394,22 @@ class Dispatch:
             if self.done:
                 return
         try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            pid, status = self.pid, -1
-        if pid == 0:
-            return  # spurious wake-up
+            info = None
+        else:
+            if info is None:
+                return  # spurious wake-up
         self._host.remove_reader(self.child.pidfd)
         self.child.close_all()
         self.main_exited = True
+        self._zombie = info is not None
         self.main_exit_step = self.step
-        if status != -1:
-            if os.WIFSIGNALED(status):
-                self.exit_signal = os.WTERMSIG(status)
-            else:
-                self.exit_code = os.waitstatus_to_exitcode(status)
+        if info is not None:
+            if info.si_code == os.CLD_EXITED:
+                self.exit_code = info.si_status
+            else:  # CLD_KILLED or CLD_DUMPED
+                self.exit_signal = info.si_status
         self._term_deadline = None
         self._idle_deadline = None
         if self.exit_signal == signal.SIGKILL and self.step is not Termination.NATURAL:
@@ -582,9 +601,8 @@ class Dispatch:
         could be true, look at the log's mtime once, and either stop or sleep until the new earliest moment:
         no wake-ups while the session writes, no fixed-interval polling."""
         assert self.idle_timeout is not None
-        try:
-            mtime_age = max(0.0, time.time() - os.stat(self.log_path or "").st_mtime)
-        except OSError:
+        mtime_age = self._output_age()
+        if mtime_age is None:
             mtime_age = now - self.started
         last_activity_age = min(mtime_age, now - self.started)
         if last_activity_age >= self.idle_timeout:
@@ -592,6 +610,20 @@ class Dispatch:
             self.request_stop(Status.IDLE_TIMEOUT)
         else:
             self._idle_deadline = now + (self.idle_timeout - last_activity_age)
+
+    def _output_age(self) -> float | None:
+        """Seconds since the session last wrote anything: its log file's mtime, or in the journal output mode
+        its last journal line (whichever is newer: the file takes over if the journal stream failed)."""
+        ages = []
+        try:
+            ages.append(max(0.0, time.time() - os.stat(self.log_path or "").st_mtime))
+        except OSError:
+            pass
+        if self.spec is not None and self.spec.output == "journal":
+            last_us = latest_output_us(self.unit, self.invocation_id)
+            if last_us is not None:
+                ages.append(max(0.0, time.time() - last_us / 1e6))
+        return min(ages) if ages else None
 
     # -- the end ------------------------------------------------------------------------------------------
 
@@ -675,6 +707,12 @@ class Dispatch:
             self._holds_ref = False
         if self.child is not None:
             self.child.close_all()
+        if self._zombie and self.pid is not None:
+            self._zombie = False
+            try:
+                os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
         if self._cgroup_watch is not None:
             self._cgroup_watch.close()
             self._cgroup_watch = None

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from ralph_systemd.bus import Property, SystemdBus
+from ralph_systemd.journal import journal_output
 from ralph_systemd.logs import open_session_log
 from ralph_systemd.scope import log_uri
 from ralph_systemd.spawn import GatedChild, fork_gated, resolve_executable
@@ -89,7 +90,8 @@ class Launch:
             self._undo.callback(_unlink_quietly, log_path)
             self.log_path = str(log_path)
             try:
-                child = fork_gated(exe, tuple(spec.argv), cwd, spec.environment, log_fd)
+                child = fork_gated(exe, tuple(spec.argv), cwd, spec.environment, log_fd,
+                                   journal_output(spec.argv[0]) if spec.output == "journal" else None)
             except OSError as e:
                 raise LaunchError(f"could not start {spec.argv[0]!r}: {e}") from None
             finally:

@@ -12,9 +12,14 @@ import os
 import signal
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ralph_systemd.journal import JournalOutput
 
 _MAXFD = os.sysconf("SC_OPEN_MAX")
+NOTICE_PREFIX = "journal: "  # on the report pipe: not an exec failure, a note (the journal was unreachable)
 _CAUGHT = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -54,6 +59,7 @@ class GatedChild:
     stdin_w: int | None  # the session's stdin; closing it is the EOF step of the kill ladder
     gate_w: int | None
     err_r: int | None
+    notices: list[str] = field(default_factory=list)
 
     def open_gate(self) -> int:
         """Let the child exec; returns the fd that reports it: readable once the exec succeeded (EOF: the
@@ -66,14 +72,19 @@ class GatedChild:
 
     def exec_failure(self) -> str | None:
         """None if the program was exec'ed, else why not (the child has then exited). Blocks until the child
-        has done one or the other, which takes about a millisecond once the gate is open."""
+        has done one or the other, which takes about a millisecond once the gate is open. Notices the child
+        sent on the way (its journal stream failed) are kept in `notices`."""
         assert self.err_r is not None
         chunks = []
         while chunk := os.read(self.err_r, 4096):
             chunks.append(chunk)
         os.close(self.err_r)
         self.err_r = None
-        return b"".join(chunks).decode(errors="replace") if chunks else None
+        text = b"".join(chunks).decode(errors="replace")
+        while text.startswith(NOTICE_PREFIX):
+            line, _, text = text.partition("\n")
+            self.notices.append(line[len(NOTICE_PREFIX):])
+        return text or None
 
     def abort(self) -> None:
         """Kill and reap a child that must not run; close every FD. Safe to call in any state."""
@@ -103,8 +114,11 @@ class GatedChild:
                 setattr(self, name, None if name != "pidfd" else -1)
 
 
-def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, str], log_fd: int) -> GatedChild:
-    """Fork a child that will exec `executable` with argv once released; stdout+stderr go to log_fd."""
+def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, str], log_fd: int,
+               journal: JournalOutput | None = None) -> GatedChild:
+    """Fork a child that will exec `executable` with argv once released; stdout+stderr go to log_fd, or,
+    with `journal`, to journald streams the child opens once it is inside its scope (so journald attributes
+    its lines to the scope); if that fails it keeps log_fd and says why on the report pipe."""
     fds: list[int] = []
     try:
         stdin_r, stdin_w = os.pipe(); fds += [stdin_r, stdin_w]  # noqa: E702
@@ -121,7 +135,7 @@ def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, 
             os.close(fd)
         raise
     if pid == 0:  # child: only async-signal-safe-ish os calls from here on, and never return
-        _child(executable, argv, cwd, env_b, stdin_r, log_fd, gate_r, err_w)
+        _child(executable, argv, cwd, env_b, stdin_r, log_fd, gate_r, err_w, journal)
     os.close(stdin_r)
     os.close(gate_r)
     os.close(err_w)
@@ -137,7 +151,7 @@ def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, 
 
 
 def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
-           stdin_r: int, log_fd: int, gate_r: int, err_w: int) -> None:
+           stdin_r: int, log_fd: int, gate_r: int, err_w: int, journal: JournalOutput | None) -> None:
     stage = "setup"
     try:
         os.setsid()  # its own session: a Ctrl-C to our terminal reaches us, and we run the ladder
@@ -161,6 +175,14 @@ def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
         if os.read(gate_r, 1) != b"1":  # the parent went away or aborted the launch
             os._exit(126)
         os.close(gate_r)
+        if journal is not None:
+            stage = "journal"
+            try:
+                out, err = journal.connect()
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+            except OSError as e:  # stdout and stderr are still the private log: say so, and go on
+                os.write(err_w, f"{NOTICE_PREFIX}{e.strerror or e}\n".encode()[:500])
         stage = "chdir"
         os.chdir(cwd)
         stage = "exec"

@@ -21,6 +21,7 @@ from ralph_systemd.naming import (
 )
 
 DEFAULT_SLICE = "ralph.slice"
+OUTPUT_MODES = ("file", "journal")
 MAX_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # ten years: beyond that a "timeout" is a typo
 
 
@@ -75,6 +76,9 @@ class DispatchSpec:
     log_dir     where the per-session log goes (0700 directory, 0600 file).
     memory_max, tasks_max, cpu_quota  optional limits (bytes, tasks, percent of one CPU).
     slice       parent slice of the scope.
+    project     the project key (8 hex digits) that scopes the unit name; None = the project of `cwd`.
+    output      "file" (default): stdout and stderr go to the private log file; "journal": to the user's
+                journal as the scope's own lines (the log file then stays empty; see README "The journal").
     """
 
     argv: Sequence[str]
@@ -92,10 +96,13 @@ class DispatchSpec:
     cpu_quota: float | None = None
     slice: str = DEFAULT_SLICE
     project: str | None = None
+    output: str = "file"
     unit: str = field(init=False)
     project_root: str | None = field(init=False, default=None)  # when the key was derived from cwd
 
     def __post_init__(self) -> None:
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(f"output {self.output!r} is not one of {', '.join(OUTPUT_MODES)}")
         if isinstance(self.argv, (str, bytes)) or not isinstance(self.argv, Sequence):
             raise ValueError(f"argv must be a list of strings, not {type(self.argv).__name__} (no shell is used)")
         if not self.argv or not self.argv[0]:

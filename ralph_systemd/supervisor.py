@@ -31,6 +31,7 @@ from typing import Literal, TypeVar
 from ralph_systemd.bus import NO_LIMIT, BusEvent, PystemdUserBus, SystemdBus, monotonic_us, unit_path
 from ralph_systemd.dispatch import Dispatch, Phase
 from ralph_systemd.evloop import EventLoop
+from ralph_systemd.journal import Journal
 from ralph_systemd.inspect import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.retry import BusError
@@ -53,6 +54,7 @@ class _Host:
         self._sup = supervisor
         self.bus = bus
         self._loop = loop
+        self._journal = Journal()
 
     def now(self) -> float:
         return time.monotonic()
@@ -70,7 +72,10 @@ class _Host:
         self._sup._changed(d)
 
     def lifecycle(self, d: Dispatch, event: str, message: str, fields: Mapping[str, object]) -> None:
+        """One line of d's life: in our log, and in the user's journal attributed to d's scope (so
+        `systemctl --user status` and `journalctl --user -u` show it), with RALPH_* fields to filter on."""
         log.info("%s: %s", d.unit, message)
+        self._journal.lifecycle(d.unit, event, message, fields)
 
 
 class Supervisor:

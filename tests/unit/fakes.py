@@ -44,6 +44,9 @@ class NullBus:
     def unit_outcome(self, name: str) -> tuple[str, str, str]:
         return "inactive", "success", "ab" * 16
 
+    def invocation_id(self, name: str) -> str:
+        return "ab" * 16
+
     def stop_unit(self, name: str) -> None: ...
 
     def kill_unit(self, name: str, who: Literal["main", "all"], signum: int) -> None: ...
