@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--memory-max", type=SIZE, metavar="SIZE", help="memory limit (MemoryMax), e.g. 2G")
     r.add_argument("--tasks-max", type=COUNT, metavar="N", help="process/thread limit (TasksMax)")
     r.add_argument("--cpu-quota", type=PERCENT, metavar="PCT", help="CPU limit in %% of one CPU (CPUQuota), e.g. 150%%")
+    r.add_argument("--output", choices=("file", "journal"), default="file",
+                   help="where the session's stdout/stderr go: its private log file (default), or the user "
+                        "journal as the scope's own lines (`ralph-systemd logs` reads either)"),
     r.add_argument("--detach", "-d", action="store_true", help="return once it runs; print ticket, unit, session, log")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the program and its arguments")
     r.set_defaults(func=cmd_run)

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 from ralph_systemd.bus import NoUserBusError, PystemdUserBus, SystemdBus
 from ralph_systemd.cli_format import TerminalSink, last_line, print_pairs, safe, table
 from ralph_systemd.durations import format_duration, format_size
+from ralph_systemd.journal_read import LaunchRecord, find_launch, write_lines
+from ralph_systemd.journal_read import follow as follow_journal
 from ralph_systemd.follow import FollowError, copy_new, follow
 from ralph_systemd.inspect import (
     UNIT_PATTERN,
@@ -246,6 +248,15 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if info is not None and args.session not in (None, info.session):
             info = None
         path = info.log_path if info is not None else None  # the unit's own Documentation URI while it lives
+        try:  # its launched line in the journal says where its output went (the file, or the journal)
+            launch = find_launch(ticket, info.session if info is not None else args.session, unit=unit)
+        except OSError:  # no journal to read: the log file is all there is
+            launch = None
+        sink: Any = out.buffer if hasattr(out, "buffer") else sys.stdout.buffer
+        if launch is not None and launch.output == "journal":
+            out.flush()
+            return _journal_logs(args, launch, bus if info is not None else None, unit, path or launch.log_path,
+                                 sink)
         if path is None:
             log_dir = Path(args.log_dir) if args.log_dir else default_log_dir()
             path = _finished_log(log_dir, ticket, unit_key, args.session)
@@ -253,7 +264,6 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 raise CliError(f"no log for {args.target!r}: no live dispatch, and no log of ticket "
                                f"{ticket!r}{' session ' + args.session if args.session else ''} in {log_dir} "
                                "(pass --log-dir if it used another one)", EXIT_NO_SUCH_DISPATCH)
-        sink: Any = out.buffer if hasattr(out, "buffer") else sys.stdout.buffer
         out.flush()
         if out.isatty() and not args.raw:  # a session's bytes never drive the terminal (colours pass)
             sink = TerminalSink(sink)
@@ -284,6 +294,35 @@ def cmd_logs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if bus is not None:
             bus.close()
+
+
+def _journal_logs(args: argparse.Namespace, launch: LaunchRecord, bus: SystemdBus | None, unit: str,
+                  path: str | None, sink: Any) -> int:
+    """A dispatch that sent its output to the journal: its own lines there (escaped), and the private file
+    too if the session fell back to it (its journal stream could not be opened)."""
+    try:
+        uj = launch.open_output(lines=args.lines)
+    except OSError as e:
+        raise CliError(f"cannot read the journal: {e.strerror or e}") from None
+    with uj:
+        if path and os.path.exists(path) and os.path.getsize(path) > 0:
+            fallback: Any = sink if args.raw else TerminalSink(sink)
+            with open(path, "rb") as f:
+                copy_new(f, fallback)
+        if args.follow and bus is not None:
+            bus.ref_unit(unit)  # its PropertiesChanged now reaches us
+
+            def ended() -> bool:
+                assert bus is not None
+                bus.drain()
+                st = bus.unit_state(unit)
+                return st.ended or not st.exists
+
+            follow_journal(uj, sink, ended=ended, wake_fd=bus.fileno())
+        else:
+            write_lines(uj.read(), sink)
+    sink.flush()
+    return 0
 
 
 def _tail(size: int, f: Any, lines: int) -> bytes:

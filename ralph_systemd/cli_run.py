@@ -61,7 +61,7 @@ def build_spec(args: argparse.Namespace) -> DispatchSpec:
             argv=command, ticket=args.ticket if args.ticket is not None else default_ticket(command),
             session=args.session, cwd=args.cwd, timeout=timeout, idle_timeout=args.idle_timeout,
             grace=args.grace if args.grace is not None else 10.0, log_dir=args.log_dir,
-            memory_max=args.memory_max, tasks_max=args.tasks_max, cpu_quota=args.cpu_quota)
+            memory_max=args.memory_max, tasks_max=args.tasks_max, cpu_quota=args.cpu_quota, output=args.output)
     except ValueError as e:
         raise RunError(str(e), 2) from None
 

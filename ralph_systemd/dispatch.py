@@ -620,7 +620,11 @@ class Dispatch:
         except OSError:
             pass
         if self.spec is not None and self.spec.output == "journal":
-            last_us = latest_output_us(self.unit, self.invocation_id)
+            try:
+                last_us = latest_output_us(self.unit, self.invocation_id)
+            except OSError as e:  # the journal cannot be read: the file (and the start time) decide
+                log.debug("%s: reading the journal: %s", self.unit, e)
+                last_us = None
             if last_us is not None:
                 ages.append(max(0.0, time.time() - last_us / 1e6))
         return min(ages) if ages else None

@@ -125,3 +125,14 @@ def loaded_units(ticket_prefix: str) -> list[str]:
     out = subprocess.run(["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", "--no-pager",
                           f"{prefix}*"], capture_output=True, text=True, check=True, timeout=30).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def ladder_events(log_path: str | None) -> dict[str, float]:
+    """EVENT -> monotonic time, from the log of programs/ladder_session.py ("EVENT <pid> <monotonic>" lines)."""
+    assert log_path is not None
+    out = {}
+    for line in Path(log_path).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].isupper():
+            out[parts[0]] = float(parts[2])
+    return out

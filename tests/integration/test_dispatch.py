@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from faults_util import ladder_events as events
 
 from ralph_systemd import DispatchSpec, NoUserBusError, Status, Supervisor, Termination, run
 from ralph_systemd.bus import PystemdUserBus
@@ -26,17 +27,6 @@ def ticket(name: str) -> str:
 
 def spec(tmp_path: Path, argv: list[str], name: str, **kw: object) -> DispatchSpec:
     return DispatchSpec(argv=argv, ticket=ticket(name), log_dir=tmp_path / "logs", cwd=tmp_path, **kw)  # type: ignore[arg-type]
-
-
-def events(log_path: str | None) -> dict[str, float]:
-    """EVENT -> monotonic time, from a ladder_session log."""
-    assert log_path is not None
-    out = {}
-    for line in Path(log_path).read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].isupper():
-            out[parts[0]] = float(parts[2])
-    return out
 
 
 def alive(pid: int) -> bool:

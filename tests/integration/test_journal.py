@@ -2,8 +2,8 @@
 scope (`systemctl --user status`, `journalctl --user -u`, `RALPH_TICKET=`), session output connected by a
 forked child inside its scope, following it, and a process that cannot reach the journal at all.
 
-The lifecycle lines are sent here by the test itself, through ralph_systemd.journal, for a dispatch
-launched with the public API (the Supervisor does not send them yet)."""
+The first test sends lifecycle lines itself, through ralph_systemd.journal; the others check the lines the
+Supervisor sends for real dispatches, and the journal output mode end to end (run, status, logs -f)."""
 
 from __future__ import annotations
 
@@ -88,75 +88,49 @@ def fresh_decision() -> Any:
 
 
 def test_lifecycle_lines_show_in_status_while_running_and_in_journalctl_after(tmp_path: Path) -> None:
+    """The Supervisor's own lines, for a session with hostile argv: one escaped line each, under the scope."""
     t = _ticket("life")
-    journal = J.Journal()
-    assert journal.enabled, J.journal_state().reason
-    argv = ["sh", "-c", "read x; exit 3", "odd \x1b[31m\nargs"]
+    assert J.Journal().enabled, J.journal_state().reason
+    argv = ["sh", "-c", "read x; trap 'exit 3' TERM; while :; do sleep 0.1; done", "odd \x1b[31m\nargs"]
     with Supervisor() as sup:
         d = sup.launch(DispatchSpec(argv=argv, ticket=t, timeout=60, grace=5, eof_grace=1, log_dir=tmp_path))
         assert d.result is None, d.result
         inv = _invocation_id(d.unit)
-        dj = journal.for_dispatch(d.unit, ticket=t, session=d.session, invocation_id=inv)
-        assert dj.send(J.launched_entry(ticket=t, session=d.session or "", argv=argv, pid=d.pid,
-                                        log_path=str(tmp_path / "x.log"), timeout=60, grace=5))
-        assert dj.send(J.stop_requested_entry("request", by="the test", grace=5))
-        assert dj.send(J.eof_entry(1.0))
-        _wait_entries(3, RALPH_TICKET=t)
+        sup.stop(d)
+        _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="eof")
         status = _status(d.unit)
         # While it runs: the ladder lines are under the scope in `systemctl --user status`.
-        assert f"launched {t} (session {d.session}, pid {d.pid}): sh -c 'read x; exit 3'" in status, status
-        assert "stopping: stop requested by the test; ladder: EOF, SIGTERM, systemd's SIGKILL after 5s" in status
-        assert "closed the session's stdin (EOF); SIGTERM in 1s unless it exits" in status
         ours = [line for line in status.splitlines() if "ralph-systemd[" in line]
-        assert len(ours) == 3 and not any("\x1b" in line for line in ours)  # argv's escape arrived escaped
-        sup.stop(d)
-        sup.wait(d)
-        r = d.result
-        assert r is not None and r.exit_code == 3 and r.status is Status.STOPPED, r
-        assert dj.send(J.result_entry(r))
-    _wait_entries(4, RALPH_TICKET=t)
+        assert [x.split("]: ", 1)[1].split(" ")[0] for x in ours] == ["launched", "stop", "stdin"], status
+        assert not any("\x1b" in line for line in ours)  # argv's escape arrived escaped
+        r = sup.wait(d)
+    assert r.exit_code == 3 and r.status is Status.STOPPED, r
+    _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="result")
 
     # After it ended (the unit is gone): journalctl -u has launch, ladder and result, with the fields.
-    ours = [e for e in _journalctl_json("-u", d.unit) if e.get("SYSLOG_IDENTIFIER") == "ralph-systemd"]
-    assert [e["RALPH_EVENT"] for e in ours] == ["launched", "stop-requested", "eof", "result"]
-    for e in ours:
+    ours_after = [e for e in _journalctl_json("-u", d.unit) if e.get("SYSLOG_IDENTIFIER") == "ralph-systemd"]
+    events = [e["RALPH_EVENT"] for e in ours_after]
+    assert events == ["launched", "stop-requested", "eof", "sigterm", "result"], events
+    for e in ours_after:
         assert e["USER_UNIT"] == d.unit and e["RALPH_TICKET"] == t and e["RALPH_SESSION"] == d.session
         assert e["RALPH_INVOCATION_ID"] == inv and e["USER_INVOCATION_ID"] == inv
-        assert isinstance(e["MESSAGE"], str) and "\n" not in e["MESSAGE"]  # one printable line each
-    launched, result = ours[0], ours[-1]
-    assert "\\x1b[31m\\nargs" in launched["MESSAGE"] and launched["RALPH_OUTPUT"] == "file"
+        assert isinstance(e["MESSAGE"], str) and "\n" not in e["MESSAGE"] and "\x1b" not in e["MESSAGE"]
+    launched, result = ours_after[0], ours_after[-1]
+    assert "args" in launched["MESSAGE"] and launched["RALPH_OUTPUT"] == "file"
     assert result["RALPH_EXIT_CODE"] == "3" and result["RALPH_STATUS"] == "stopped"
-    assert result["RALPH_TERMINATION"] == str(r.termination_method) and result["PRIORITY"] == str(J.LOG_WARNING)
-    assert result["MESSAGE"].startswith("result: stopped (exit 3, terminated ")
+    assert result["RALPH_TERMINATION"] == "sigterm" and result["PRIORITY"] == str(J.LOG_WARNING)
     # Filtering on the ticket field alone finds exactly these lines.
-    by_ticket = _journalctl_json(f"RALPH_TICKET={t}")
-    assert [e["RALPH_EVENT"] for e in by_ticket] == ["launched", "stop-requested", "eof", "result"]
+    assert [e["RALPH_EVENT"] for e in _journalctl_json(f"RALPH_TICKET={t}")] == events
     assert [e["RALPH_EVENT"] for e in _journalctl_json(f"RALPH_TICKET={t}", "RALPH_EXIT_CODE=3")] == ["result"]
     # `logs` can find where a dispatch wrote from its launched line, after the unit is gone.
     rec = find_launch(t)
     assert rec is not None and rec.unit == d.unit and rec.session == d.session and rec.invocation_id == inv
     assert find_launch(t, unit=d.unit) == rec and find_launch(t, unit="ralph-other-project.scope") is None
-    assert rec.output == "file" and rec.log_path == str(tmp_path / "x.log")
-
-
-@pytest.fixture
-def wired(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wiring proposed to the lead, until it lands: the Dispatch's lifecycle hook also sends each line to
-    the journal. (Harmless once wired: the patched hook does what the wired one does.)"""
-    from ralph_systemd import supervisor
-
-    journal = J.Journal()
-    original = supervisor._Host.lifecycle
-
-    def lifecycle(self: Any, d: Any, event: str, message: str, fields: Any) -> None:
-        original(self, d, event, message, fields)
-        journal.lifecycle(d.unit, event, message, {**fields, "invocation_id": d.invocation_id})
-
-    monkeypatch.setattr(supervisor._Host, "lifecycle", lifecycle)
+    assert rec.output == "file" and rec.log_path == r.log_path
 
 
 def test_the_dispatch_ladder_shows_in_status_while_it_runs_and_in_journalctl_after(
-        tmp_path: Path, wired: None) -> None:
+        tmp_path: Path) -> None:
     t = _ticket("ladder")
     deaf = "trap '' TERM; while :; do sleep 0.1; done"  # deaf to EOF and SIGTERM: the ladder runs to SIGKILL
     with Supervisor() as sup:
@@ -181,7 +155,7 @@ def test_the_dispatch_ladder_shows_in_status_while_it_runs_and_in_journalctl_aft
     assert result["RALPH_INVOCATION_ID"] == r.invocation_id
 
 
-def test_the_result_line_has_the_sessions_exit_code(tmp_path: Path, wired: None) -> None:
+def test_the_result_line_has_the_sessions_exit_code(tmp_path: Path) -> None:
     t = _ticket("exit")
     with Supervisor() as sup:
         d = sup.launch(DispatchSpec(argv=["sh", "-c", "exit 7"], ticket=t, timeout=30, log_dir=tmp_path))
@@ -245,7 +219,7 @@ def test_follow_prints_lines_as_they_come_and_returns_when_the_unit_ended(tmp_pa
         try:
             out = BytesIO()
             t0 = time.monotonic()
-            with UnitJournal(d.unit, invocation_id=inv, lifecycle=True) as uj:
+            with UnitJournal(d.unit, invocation_id=inv) as uj:  # the session's own lines only
                 follow(uj, out, wake_fd=pidfd, ended=lambda: bool(select.select([pidfd], [], [], 0)[0]))
             took = time.monotonic() - t0
         finally:
@@ -348,12 +322,50 @@ def test_a_session_cannot_forge_the_launched_line_logs_relies_on(tmp_path: Path)
         d = sup.launch(DispatchSpec(argv=[sys.executable, "-c", _FORGER, t], ticket=t, timeout=30, log_dir=tmp_path))
         sup.wait(d)
     assert d.result is not None and d.result.status is Status.COMPLETED, d.result
-    [forged] = _wait_entries(1, RALPH_TICKET=t)
-    assert forged["_SYSTEMD_USER_UNIT"] == d.unit  # journald says who really sent it
-    assert find_launch(t) is None
-    journal = J.Journal()
-    journal.send(d.unit, J.launched_entry(ticket=t, session="s", argv=["x"], log_path="/real.log"), ticket=t,
-                 session="s")
-    _wait_entries(2, RALPH_TICKET=t)
+    lines = _wait_entries(2, RALPH_TICKET=t, RALPH_EVENT="launched")  # ours, and the session's forgery
+    assert {e.get("_SYSTEMD_USER_UNIT") == d.unit for e in lines} == {True, False}  # journald says who sent it
     rec = find_launch(t)
-    assert rec is not None and rec.log_path == "/real.log"
+    assert rec is not None and rec.log_path == d.result.log_path != "/etc/passwd"  # the forgery is skipped
+
+
+def test_journal_output_mode_end_to_end_status_and_logs_follow(tmp_path: Path) -> None:
+    """`run --output journal`: the session's own lines are the scope's in the journal, `systemctl --user status`
+    shows its last ones while it runs, `ralph-systemd logs -f` follows them to the end, the log file stays empty."""
+    t = _ticket("mode")
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    cli = [sys.executable, "-m", "ralph_systemd"]
+    script = f"echo first-line; echo 'second\x1b]0;title\x07line' >&2; read x < {fifo}; echo last-line"
+    run = subprocess.Popen([*cli, "run", "--json", "--output", "journal", "--ticket", t, "--timeout", "60",
+                            "--log-dir", str(tmp_path), "--", "sh", "-c", script],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        [launched] = _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="launched")
+        unit = launched["USER_UNIT"]
+        assert launched["RALPH_OUTPUT"] == "journal"
+        _wait_entries(2, _SYSTEMD_USER_UNIT=unit)  # both lines of the session, attributed to its scope
+        status = _status(unit)
+        assert "first-line" in status and "second" in status, status
+        assert "\x1b" not in status  # systemctl escapes what the session wrote
+        follower = subprocess.Popen([*cli, "logs", "-f", t], cwd=tmp_path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        assert follower.stdout is not None
+        first = follower.stdout.readline()  # it is following: it printed what was there
+        fifo.write_text("go\n")  # the session writes its last line and exits
+        out = follower.stdout.read()  # (not communicate(): it would skip what readline() buffered)
+        err = follower.stderr.read() if follower.stderr is not None else b""
+        follower.wait(timeout=30)
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        for p in (run,):
+            if p.poll() is None:
+                p.kill()
+    assert follower.returncode == 0, err
+    lines = (first + out).decode().splitlines()
+    assert lines[0] == "first-line" and lines[-1] == "last-line" and len(lines) == 3, lines
+    assert "\x1b" not in out.decode()  # the title-setting escape is shown escaped, never sent raw
+    result = json.loads(stdout)
+    assert (result["status"], result["exit_code"], run.returncode) == ("completed", 0, 0), stderr
+    assert Path(result["log_path"]).read_bytes() == b""  # all output went to the journal
+    [res] = _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="result")
+    assert res["RALPH_STATUS"] == "completed" and res["RALPH_EXIT_CODE"] == "0"

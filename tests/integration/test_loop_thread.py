@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from faults_util import ladder_events as events
 
 from ralph_systemd import DispatchSpec, Status, Supervisor, Termination
 from ralph_systemd.bus import NoSuchUnitError, PystemdUserBus
@@ -30,17 +31,6 @@ LADDER = str(PROGRAMS / "ladder_session.py")
 
 def ticket(name: str) -> str:
     return f"loop-{name}-{uuid.uuid4().hex[:8]}"
-
-
-def events(log_path: str | None) -> dict[str, float]:
-    """EVENT -> monotonic time, from a ladder_session log."""
-    assert log_path is not None
-    out = {}
-    for line in Path(log_path).read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].isupper():
-            out[parts[0]] = float(parts[2])
-    return out
 
 
 def test_a_busy_caller_still_gives_eof_then_sigterm_before_the_sigkill(tmp_path: Path, figure: Figure) -> None:
