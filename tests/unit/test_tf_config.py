@@ -7,13 +7,16 @@ import pytest
 from ralph_systemd.result import DispatchResult as NativeResult
 from ralph_systemd.result import Status, Termination
 from ralph_systemd.tf import (
+    DEFAULT_MAX_RUNTIME_MS,
     UNKNOWN_RETURN_CODE,
     BackendConfig,
     _poll_code,
+    _return_code,
     backend_from_config,
     build_cmd,
     parse_config,
 )
+from ralph_systemd.tf.config import make_spec
 
 
 def test_other_backends_leave_ralph_alone() -> None:
@@ -81,10 +84,28 @@ def _r(status: Status, exit_code: int | None = None, sig: int | None = None) -> 
     (_r(Status.FAILED, 3), 3),
     (_r(Status.FAILED, None, 9), -9),
     (_r(Status.TIMEOUT, 0), 124),  # ended gracefully on EOF after its timeout: still not a success
-    (_r(Status.IDLE_TIMEOUT, None, 15), -15),
+    (_r(Status.IDLE_TIMEOUT, None, 15), 124),  # a timeout is 124, however the session ended
     (_r(Status.STOPPED, 0), UNKNOWN_RETURN_CODE),
     (_r(Status.UNKNOWN), UNKNOWN_RETURN_CODE),
     (_r(Status.ERROR), UNKNOWN_RETURN_CODE),
 ])
 def test_poll_never_reads_an_unsuccessful_end_as_success(result: NativeResult, code: int) -> None:
     assert _poll_code(result) == code
+
+
+@pytest.mark.parametrize("status", [Status.TIMEOUT, Status.IDLE_TIMEOUT])
+def test_a_timeouts_return_code_is_none_as_in_tf(status: Status) -> None:
+    # tf's wait_for_dispatch_completion gives no return_code for a timeout; the old backend gave -15
+    assert _return_code(_r(status, None, 15)) is None and _return_code(_r(status, 143)) is None
+
+
+@pytest.mark.parametrize("timeout_ms, runtime, eof", [
+    (4000, 3.0, 1.0),        # EOF inside the budget: SIGTERM lands at 4 s, as with tf (graceMs 4000 -> eof 1 s)
+    (1000, 0.75, 0.25),      # a short budget: EOF gets at most a quarter of it
+    (0, 4 * 3600 - 1.0, 1.0),  # tf's "no timeout": the documented maxRuntimeMs, never unbounded
+])
+def test_every_dispatch_is_bounded_and_eof_comes_inside_the_budget(timeout_ms: int, runtime: float,
+                                                                    eof: float) -> None:
+    spec = make_spec(parse_config({"graceMs": 4000}), ["pi"], "T-1", "/", None, timeout_ms)
+    assert spec.timeout == pytest.approx(runtime) and spec.eof_grace == pytest.approx(eof)
+    assert spec.timeout + eof == pytest.approx(timeout_ms / 1000 if timeout_ms else DEFAULT_MAX_RUNTIME_MS / 1000)
