@@ -87,11 +87,22 @@ def test_wait_timeout_ms_stops_with_the_ladder_and_reports_timeout(backend: Syst
     r = _launch(backend, tmp_path, "--fake-hang --fake-work=0")
     c = backend.wait_for_dispatch_completion(r, r.ticket_id, timeout_ms=1000, graceful_shutdown_ms=3000)
     assert c.status is DispatchCompletionStatus.TIMEOUT, c
-    # deaf to EOF, it left on SIGTERM (the fake agent exits 143 then)
-    assert c.termination_method == "sigterm" and c.return_code == 143
+    # deaf to EOF, it left on SIGTERM; tf gives no return_code for a timeout (the old backend gave -15 / 143)
+    assert c.termination_method == "sigterm" and c.return_code is None
+    assert c.detail is not None and c.detail.exit_code == 143
     assert c.error == "Timeout after 1000ms"
-    assert 1000 <= c.duration_ms < 1000 + 3000 + 2000
+    # SIGTERM at the budget: EOF came inside it (the old backend overshot by the EOF grace: 5277 ms for 4000)
+    assert 900 <= c.duration_ms < 1000 + 700, c.duration_ms
     assert r.unit and _gone(r.unit) and _no_process(r.pid or 0, r.unit)
+
+
+def test_every_dispatch_has_a_runtime_max(backend: SystemdBackend, tmp_path: Path) -> None:
+    # tf passes timeout_ms=0 for "none"; a dispatch nobody stops (Ralph SIGKILLed) must still end
+    r = _launch(backend, tmp_path, "--fake-hang --fake-work=0")
+    out = subprocess.run(["systemctl", "--user", "show", "-P", "RuntimeMaxUSec", r.unit or ""], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out.startswith("3h 59min"), out  # maxRuntimeMs (4 h) minus the EOF grace that comes inside it
+    assert backend.graceful_terminate_dispatch(r.pid or 0)[0]
 
 
 def test_launch_timeout_ms_is_enforced_by_systemd(backend: SystemdBackend, tmp_path: Path) -> None:
@@ -147,12 +158,13 @@ def test_pi_output_file_goes_where_asked_and_a_private_log_is_kept(backend: Syst
     assert "done" in (tmp_path / "logs" / f"{r2.ticket_id}.log").read_text()
 
 
-def test_inherit_shows_the_output(backend: SystemdBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inherit_shows_the_output_on_stderr(backend: SystemdBackend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r = _launch(backend, tmp_path, "--fake-work=0", pi_output="inherit")
     backend.wait_for_dispatch_completion(r, r.ticket_id)
     out = capsys.readouterr()
-    assert f"----- {r.ticket_id} output: {r.log_path}" in out.out
-    assert f"ticket {r.ticket_id}: starting" in out.out and f"----- end of {r.ticket_id} (completed)" in out.out
+    assert out.out == ""  # Ralph's stdout is tf's protocol (<promise>COMPLETE</promise>): nothing of ours there
+    assert f"----- {r.ticket_id} output: {r.log_path}" in out.err
+    assert f"ticket {r.ticket_id}: starting" in out.err and f"----- end of {r.ticket_id} (completed)" in out.err
     assert f"tail -f {r.log_path}" in out.err  # said at launch, where the live output is
 
 
