@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -87,8 +88,8 @@ class _Tracked:
 
 
 class SystemdBackend:
-    """tf's dispatch functions over scopes. One Supervisor (one D-Bus connection, one event loop), created on
-    first use. Until the core's Supervisor is safe from any thread, call it from one thread (tf does)."""
+    """tf's dispatch functions over scopes. One Supervisor (one D-Bus connection, its event loop in its own
+    thread), created on first use; usable from any thread."""
 
     def __init__(self, config: BackendConfig | None = None, types: TfTypes | None = None,
                  registry: Registry | None = None) -> None:
@@ -97,12 +98,14 @@ class SystemdBackend:
         self.registry = registry
         self._sup: Supervisor | None = None
         self._by_pid: OrderedDict[int, _Tracked] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def supervisor(self) -> Supervisor:
-        if self._sup is None:
-            self._sup = Supervisor()
-        return self._sup
+        with self._lock:
+            if self._sup is None:
+                self._sup = Supervisor()
+            return self._sup
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -116,17 +119,21 @@ class SystemdBackend:
         self._close(stop_running=False)
 
     def _close(self, stop_running: bool) -> None:
-        sup, self._sup = self._sup, None
+        with self._lock:
+            sup, self._sup = self._sup, None
         if sup is None:
             return
         try:
             sup.close(stop_running=stop_running)
         finally:
-            for t in self._by_pid.values():
+            with self._lock:
+                tracked = list(self._by_pid.values())
+            for t in tracked:
                 self._report(t)
 
     def running(self) -> list[_Tracked]:
-        return [t for t in self._by_pid.values() if t.dispatch.result is None]
+        with self._lock:
+            return [t for t in self._by_pid.values() if t.dispatch.result is None]
 
     def stop_all(self, reason: Status = Status.STOPPED) -> list[tuple[_Tracked, NativeResult | None]]:
         """Stop every running dispatch of ours with the ladder and wait for each (bounded by its grace)."""
@@ -205,11 +212,12 @@ class SystemdBackend:
                   unit=d.unit)
 
     def _track(self, pid: int, t: _Tracked) -> None:
-        self._by_pid.pop(pid, None)  # a reused pid: the new dispatch wins
-        self._by_pid[pid] = t
-        done = [p for p, x in self._by_pid.items() if x.reported]
-        for p in done[: max(0, len(done) - _FINISHED_KEPT)]:
-            del self._by_pid[p]
+        with self._lock:
+            self._by_pid.pop(pid, None)  # a reused pid: the new dispatch wins
+            self._by_pid[pid] = t
+            done = [p for p, x in self._by_pid.items() if x.reported]
+            for p in done[: max(0, len(done) - _FINISHED_KEPT)]:
+                del self._by_pid[p]
 
     def _lookup(self, pid: int) -> _Tracked | None:
         """Our dispatch with this pid, or one adopted from a live ralph-* scope the pid lives in."""
@@ -258,13 +266,8 @@ class SystemdBackend:
 
     def _kill(self, d: Dispatch) -> None:
         """SIGKILL every process in the scope, now."""
-        sup = self.supervisor
-        kill = getattr(sup, "kill", None)
         try:
-            if kill is not None:  # the core's Supervisor.kill(d, signum)
-                kill(d, signal.SIGKILL)
-            else:  # TODO(core): drop once Supervisor.kill(d, signum) lands; sup.bus becomes private
-                sup.bus.kill_unit(d.unit, "all", signal.SIGKILL)
+            self.supervisor.kill(d, signal.SIGKILL)
         except BusError as e:
             log.debug("SIGKILL to %s: %s", d.unit, e)
 
