@@ -188,8 +188,8 @@ def uninstall() -> None:
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """Unwind tf's loop like tf's own handler (SystemExit(128+N)); finish() stops the dispatches. A second
     signal while that runs is noted and ignored: the stop is already bounded by the grace."""
-    if _State.signalled is not None:
-        print(f"[ralph-systemd] {signal.Signals(signum).name} again: already stopping the dispatches",
+    if _State.signalled is not None or _State.finished:
+        print(f"[ralph-systemd] {signal.Signals(signum).name}: already stopping the dispatches",
               file=sys.stderr, flush=True)
         return
     _State.signalled = signum
