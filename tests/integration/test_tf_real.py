@@ -152,15 +152,17 @@ if TF_SRC:
         _wait_for(lambda: not _scopes([a, c]) and not _ours(env), f"{c} to end at its RuntimeMaxSec", 4 + 3 + 5)
         assert f"- {a}: DISPATCHED" in _progress(root)
 
-    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-    def test_a_signal_to_ralph_stops_and_records_the_dispatch_then_a_restart_runs_it(tmp_path: Path,
-                                                                                     signum: int) -> None:
+    @pytest.mark.parametrize("signum, mode", [(signal.SIGTERM, []), (signal.SIGINT, []),
+                                              (signal.SIGTERM, ["--parallel", "2"])])
+    def test_a_signal_to_ralph_stops_and_records_the_dispatch_then_a_restart_runs_it(tmp_path: Path, signum: int,
+                                                                                     mode: list[str]) -> None:
         tag = uuid.uuid4().hex[:6]
         t = f"T-S-{tag}"
-        root, env, _ = _setup(tmp_path, {t: {"title": "hangs", "agent": "--fake-work=0.2 --fake-daemon --fake-hang"}},
+        hang = "--fake-work=0.2 --fake-daemon --fake-hang"
+        root, env, _ = _setup(tmp_path, {t: {"title": "hangs", "tags": ["component:s"], "agent": hang}},
                               timeout_ms=60000)
-        proc = subprocess.Popen([sys.executable, "-m", "ralph_systemd.tf", "ralph", "start"], cwd=root, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "ralph_systemd.tf", "ralph", "start", *mode], cwd=root,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: any(x.startswith("sleep 3600") for x in _ours(env)), "the agent's daemon")
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
@@ -171,9 +173,10 @@ if TF_SRC:
         data = json.loads(Path(env["FAKE_TK_DB"]).read_text())
         data[t]["agent"] = "--fake-work=0.2"
         Path(env["FAKE_TK_DB"]).write_text(json.dumps(data))
-        r = _ralph(root, env, "start")
+        r = _ralph(root, env, "start", *mode)
         assert (r.returncode, r.stdout) == (0, "<promise>COMPLETE</promise>\n"), r.stderr
         assert project.tickets(env)[t] == "closed"
+        assert not (root / ".tf" / "ralph" / "lock").exists()  # tf's finally ran: the loop lock is released
 
     def test_sigkill_to_ralph_then_a_restart_recovers_the_ticket(tmp_path: Path) -> None:
         tag = uuid.uuid4().hex[:6]
