@@ -204,3 +204,19 @@ if TF_SRC:
         sessions = json.loads((root / ".tf" / "ralph" / "dispatch-sessions.json").read_text())["sessions"]
         assert [s["status"] for s in sessions] == ["orphaned", "completed"]
         _nothing_left(env, [t])
+
+    def test_two_projects_run_the_same_ticket_id_at_once(tmp_path: Path) -> None:
+        # unit names are scoped to a project (the git common dir): one project's T-1 never blocks another's
+        t = f"T-P-{uuid.uuid4().hex[:6]}"
+        spec = {t: {"title": "works", "agent": "--fake-work=1.5"}}
+        (root1, env1, _), (root2, env2, _) = (_setup(tmp_path / "one", spec), _setup(tmp_path / "two", spec))
+        procs = [subprocess.Popen([sys.executable, "-m", "ralph_systemd.tf", "ralph", "start"], cwd=root, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for root, env in ((root1, env1), (root2, env2))]
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert (p.returncode, out) == (0, "<promise>COMPLETE</promise>\n"), err
+            assert "already has a live dispatch" not in err
+        assert project.tickets(env1)[t] == project.tickets(env2)[t] == "closed"
+        _nothing_left(env1, [t])
+        _nothing_left(env2, [t])
