@@ -46,7 +46,7 @@ Differences from tf's own dispatch backend that matter to a tf user (the README'
    launch where it is (tail -f) and show its last inheritTailBytes (64 KiB; 0 = off) on Ralph's stderr when it
    ends, control characters escaped. Ralph's stdout carries only tf's own output (`<promise>COMPLETE</promise>`).
 9. capture_json passes `--mode json` to the agent as an option; tf appended it to the prompt text.
-10. One live dispatch per ticket (the unit name). "failed" at launch only means it could not start (program
+10. One live dispatch per ticket within a project (the unit name carries the project's key). "failed" at launch only means it could not start (program
     or cwd missing, scope error, a live dispatch of the same ticket); a session that exits at once is reported
     when it completes, with its exit code.
 11. Statuses: stopped by graceful_terminate_dispatch or an operator -> TERMINATED (tf never produced it); idle
