@@ -62,6 +62,9 @@ def _fan_out(n: int, sleep_s: float, tmp_path: Path) -> dict[str, float]:
     # launches are on a loaded machine; opening the gate lets them all sleep.
     gate = tmp_path / "gate.fifo"
     os.mkfifo(gate)
+    # We hold the FIFO open for writing from the start, so a session's open never blocks and none can miss
+    # the go: each `read` takes exactly one of the n lines we write, whenever it gets there.
+    gate_fd = os.open(gate, os.O_RDWR)
     argv = ["sh", "-c", f'read x < "$0"; exec sleep {sleep_s}', str(gate)]
     with Supervisor() as sup:
         t0 = time.monotonic()
@@ -75,8 +78,9 @@ def _fan_out(n: int, sleep_s: float, tmp_path: Path) -> dict[str, float]:
         assert [d for d in ds if d.done] == []
         assert len(_units(f"ralph-*-fan{tag}.*")) == n
         cpu0, wall0 = _cpu_s(), time.monotonic()
-        os.close(os.open(gate, os.O_WRONLY))  # EOF for every reader: they all go to sleep now
+        os.write(gate_fd, b"go\n" * n)  # one line for each reader: they all go to sleep now
         results = sup.wait_all(ds, timeout=sleep_s + 120)
+        os.close(gate_fd)
         cpu_s, wait_s = _cpu_s() - cpu0, time.monotonic() - wall0
         rss = _rss_kib()
     assert len(results) == n
