@@ -1,164 +1,410 @@
-"""Launch and completion latency: ralph-systemd vs `systemd-run --user --scope` vs bare subprocess.Popen.
+"""Launch and completion latency of ralph-systemd, with the manager's own floor beside it, in one run.
 
-    ./dev bench [--runs N]          (or: python -m ralph_systemd.bench, where a user manager is reachable)
+    ./dev bench [--quick] [--json] [--baseline OLD_TREE] [--favordynmods keep|both|on|off]
+    (or: python -m ralph_systemd.bench ..., where a user manager is reachable)
 
-Every contender runs the same tiny session, `touch FIFO`, and we time from the launching call until the
-session has opened the FIFO (the reader sees POLLHUP): the process is running (inside its scope, for
-the first two). Completion: from the session's exit (seen on our own pidfd) until the result is
-available (ralph-systemd: the scope has ended and its Result is read, so the unit name is free again;
-systemd-run: the command returned, which says nothing about the scope; Popen: not measured). Completion is
-measured for a session that exits at once and one that lives 50 ms, because the kernel rate-limits
-cgroup.events notifications to one per 10 ms: right after a scope starts, systemd hears of its end late. Runs are
-interleaved (A B C A B C ...) so drift on a noisy machine hits all alike; we print medians, p90 and ratios.
+Contenders, interleaved round-robin (each iteration runs every contender once, in a rotating order, so
+machine noise hits all alike):
+- floor: a bare client forks a child blocked on a pipe, calls StartTransientUnit with PIDs=[child] and
+  nothing else (through ralph_systemd.bus), and reads the scope's ActiveEnterTimestampMonotonic: the
+  manager's own time from our call to "scope active". Releasing the child (it writes its CLOCK_MONOTONIC
+  and exits) gives the manager's notification floor: InactiveEnterTimestampMonotonic minus that exit.
+- ralph-systemd (this tree) and, with --baseline, an older copy in a worker process: Supervisor.launch of
+  a session that opens a FIFO; launch = call -> the session opened the FIFO (running, in its scope);
+  completion = its exit (our pidfd) -> sup.wait() returned. Once for a session that exits at once, once
+  for one that lives 50 ms (the kernel sends cgroup.events at most every 10 ms).
+- `systemd-run --user --scope`, and a bare subprocess.Popen (no scope at all).
+
+Two regimes: back to back, and with 250 ms of idle before each call: the kernel's cgroup migration waits
+for an RCU grace period unless another migration happened moments before (see bench_host.py), so the
+floor is bimodal. With --favordynmods both (root on the host, or a `bench_host serve` process) the run is
+repeated with the option on and off, and the previous state is restored on every exit path.
+
+Then: fan-out (N sessions launched; time until all run inside their scopes, per-launch and launch_many
+when the package has it), the waiting cost while they sleep (caller-thread and process CPU, RSS), and an
+instrumented breakdown of one launch (bench_probe.py). Figures are printed (or --json), never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import select
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ralph_systemd import DispatchSpec, Status, Supervisor
+import ralph_systemd
+from ralph_systemd import bench_host
+from ralph_systemd.bench_probe import fork_costs, probe_launches
+from ralph_systemd.bench_ralph import RalphBench, Worker, mono_us, wait_fifo_opened
+from ralph_systemd.bench_stats import (
+    Summary,
+    TargetLine,
+    cell,
+    completion_targets,
+    fanout_target,
+    favordynmods_on,
+    launch_targets,
+    ratio,
+    render_table,
+    summarize,
+    waiting_targets,
+)
+from ralph_systemd.bus import BusEvent, PystemdUserBus, unit_path
+
+IDLE_GAP_S = 0.25
+Measure = Callable[[], dict[str, float]]
 
 
-def _wait_opened(fd: int, timeout: float = 10.0) -> float:
-    """Block until a writer has opened and closed the FIFO (POLLHUP); return that moment."""
-    p = select.poll()
-    p.register(fd, select.POLLIN | select.POLLHUP)
-    if not p.poll(timeout * 1000):
-        raise TimeoutError("the session never opened its FIFO")
-    t = time.perf_counter()
-    os.read(fd, 64)
-    return t
+class Floor:
+    """The bare client: StartTransientUnit with PIDs only; the manager's timestamps say the rest.
 
+    The child is released the moment JobRemoved arrives, as ralph-systemd opens its gate, so the
+    notification floor sees the same history (the kernel sends cgroup.events at most every 10 ms).
+    """
 
-class Bench:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.sup = Supervisor()
-        self.touch = "/usr/bin/touch" if os.path.exists("/usr/bin/touch") else "touch"
+    def __init__(self) -> None:
+        self.bus = PystemdUserBus()
+        self._pending: list[BusEvent] = []
 
-    def _fifo(self) -> tuple[str, int]:
-        path = str(self.workdir / f"fifo-{uuid.uuid4().hex[:8]}")
-        os.mkfifo(path)
-        return path, os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    def _await(self, want: Callable[[BusEvent], bool], timeout: float = 10.0) -> BusEvent | None:
+        """The first event (queued or new) that `want`s; the others stay queued. None on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self._pending):
+                if want(ev):
+                    del self._pending[: i + 1]
+                    return ev
+            self._pending.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            select.select([self.bus.fileno()], [], [], left)
+            self._pending = self.bus.drain()
 
-    def ralph(self, lifetime: float = 0.0) -> tuple[float, float]:
-        """(launch, completion); the session opens the FIFO, lives `lifetime` s, and exits."""
-        path, fd = self._fifo()
-        argv = [self.touch, path] if not lifetime else ["/bin/sh", "-c", f'touch "$0"; exec sleep {lifetime}', path]
-        try:
-            spec = DispatchSpec(argv=argv, ticket=f"bench-{uuid.uuid4().hex[:12]}",
-                                cwd=self.workdir, log_dir=self.workdir / "logs")
-            t0 = time.perf_counter()
-            d = self.sup.launch(spec)
-            assert d.pid is not None, d.result
-            pidfd = os.pidfd_open(d.pid)  # our own view of the exit (a zombie until the supervisor reaps it)
+    def one(self) -> dict[str, float]:
+        gate_r, gate_w = os.pipe()
+        exit_r, exit_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
             try:
-                t_run = _wait_opened(fd)
-                select.select([pidfd], [], [])
-                t_exit = time.perf_counter()
+                os.close(gate_w)
+                os.close(exit_r)
+                os.read(gate_r, 1)
+                os.write(exit_w, str(mono_us()).encode())
             finally:
-                os.close(pidfd)
-            r = self.sup.wait(d)
-            t_done = time.perf_counter()
-            if r.status is not Status.COMPLETED:
-                raise RuntimeError(f"benchmark dispatch did not complete: {r}")
-            return t_run - t0, t_done - t_exit
-        finally:
-            os.close(fd)
-            os.unlink(path)
-
-    def ralph_50ms(self) -> tuple[float, float]:
-        return self.ralph(0.05)
-
-    def systemd_run(self) -> tuple[float, float]:
-        path, fd = self._fifo()
+                os._exit(0)
+        os.close(gate_r)
+        os.close(exit_w)
+        name = f"bench-floor-{uuid.uuid4().hex[:12]}.scope"
+        path = unit_path(name)
+        self._pending = self.bus.drain()
+        out: dict[str, float] = {}
+        active_us = inactive_us = 0
         try:
-            t0 = time.perf_counter()
-            p = subprocess.Popen(["systemd-run", "--user", "--scope", "--quiet", "--collect",
-                                  f"--unit=bench-sr-{uuid.uuid4().hex[:12]}", "--", self.touch, path])
-            t_run = _wait_opened(fd)
-            rc = p.wait()
-            t_done = time.perf_counter()
-            if rc != 0:
-                raise RuntimeError(f"systemd-run exited {rc}")
-            return t_run - t0, t_done - t_run
+            t0_us, t0 = mono_us(), time.perf_counter()
+            self.bus.start_transient_scope(name, [("PIDs", "au", [pid])])
+            out["reply"] = (time.perf_counter() - t0) * 1e3
+            seen = self._await(lambda e: e.kind == "job-removed" and e.unit == name)
+            out["client"] = (time.perf_counter() - t0) * 1e3 if seen else float("nan")
         finally:
-            os.close(fd)
-            os.unlink(path)
+            os.write(gate_w, b"1")
+            os.close(gate_w)
+            exit_us = int(os.read(exit_r, 64) or b"0")
+            os.close(exit_r)
+            os.waitpid(pid, 0)
 
-    def popen(self) -> tuple[float, float]:
-        path, fd = self._fifo()
-        try:
-            t0 = time.perf_counter()
-            p = subprocess.Popen([self.touch, path])
-            t_run = _wait_opened(fd)
-            p.wait()
-            return t_run - t0, float("nan")
-        finally:
-            os.close(fd)
-            os.unlink(path)
+        def stamps(e: BusEvent) -> bool:
+            nonlocal active_us, inactive_us
+            if e.kind == "unit-removed" and e.unit == name:
+                return True
+            if e.kind == "unit-changed" and e.path == path and e.changes:
+                active_us = int(e.changes.get("ActiveEnterTimestampMonotonic") or active_us)
+                inactive_us = int(e.changes.get("InactiveEnterTimestampMonotonic") or inactive_us)
+            return bool(inactive_us)
+        self._await(stamps)
+        out["launch"] = (active_us - t0_us) / 1e3 if active_us else float("nan")
+        out["notify"] = (inactive_us - exit_us) / 1e3 if inactive_us and exit_us else float("nan")
+        return out
 
     def close(self) -> None:
-        self.sup.close()
+        self.bus.close()
 
 
-def _ms(xs: list[float], q: float | None = None) -> float:
-    xs = sorted(xs)
-    if q is None:
-        return statistics.median(xs) * 1000
-    return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+class Plain:
+    """systemd-run --user --scope, and bare Popen: the same FIFO-opening session."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.touch = "/usr/bin/touch" if os.path.exists("/usr/bin/touch") else "touch"
+
+    def _run(self, argv_prefix: list[str]) -> dict[str, float]:
+        path = str(self.workdir / f"fifo-{uuid.uuid4().hex[:8]}")
+        os.mkfifo(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            t0 = time.perf_counter()
+            p = subprocess.Popen([*argv_prefix, self.touch, path])
+            t_run = wait_fifo_opened(fd)
+            rc = p.wait()
+            if rc != 0:
+                raise RuntimeError(f"{argv_prefix[:1] or ['touch']} exited {rc}")
+            return {"launch": (t_run - t0) * 1e3}
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    def systemd_run(self) -> dict[str, float]:
+        return self._run(["systemd-run", "--user", "--scope", "--quiet", "--collect",
+                          f"--unit=bench-sr-{uuid.uuid4().hex[:12]}", "--"])
+
+    def popen(self) -> dict[str, float]:
+        return self._run([])
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+Key = tuple[str, str, str, str]  # (phase, regime, contender, metric)
+
+
+def _phases(mode: str, now_on: bool | None) -> list[bool | None]:
+    if mode == "keep" or now_on is None:
+        return [now_on]
+    if mode == "both":
+        return [False, True]
+    return [mode == "on"]
+
+
+def _make_toggle(args: argparse.Namespace) -> bench_host.Toggle | None:
+    if args.favordynmods == "keep":
+        return None
+    if args.toggle_dir:
+        return bench_host.RemoteToggle(args.toggle_dir)
+    if os.geteuid() == 0 and os.path.exists("/proc/1/ns/cgroup") and \
+            os.stat("/proc/self/ns/cgroup").st_ino == os.stat("/proc/1/ns/cgroup").st_ino:
+        return bench_host.LocalToggle()
+    raise SystemExit("bench: --favordynmods needs root in the host's cgroup namespace (it is a host-wide "
+                     "option): run `./dev bench --favordynmods both`, or give --toggle-dir of a running "
+                     "`python -m ralph_systemd.bench_host serve`")
+
+
+def _fd_label(on: bool | None) -> str:
+    return {True: "favordynmods on", False: "favordynmods off", None: "no cgroup2"}[on]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "kernel": platform.release(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+        "package": ralph_systemd.__file__, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "favordynmods_at_start": favordynmods_on(Path("/proc/mounts").read_text()),
+        "iterations": {"back-to-back": args.iterations, "idle": args.idle_iterations}, "idle_gap_s": IDLE_GAP_S,
+    }
+    samples: dict[Key, list[float]] = defaultdict(list)
+    extra: dict[str, Any] = {"fanout": [], "probe": {}, "fork": {}}
+    toggle = _make_toggle(args)
+    with tempfile.TemporaryDirectory(prefix="ralph-bench-") as tmp:
+        work = Path(tmp)
+        floor, plain = Floor(), Plain(work)
+        rb = RalphBench(ralph_systemd, work / "cur")
+        (work / "cur").mkdir()
+        base: Worker | None = None
+        try:
+            if args.baseline:
+                (work / "old").mkdir()
+                base = Worker(args.baseline, work / "old")
+                meta["baseline"] = base.package
+            contenders: list[tuple[str, Measure]] = [
+                ("floor (bare StartTransientUnit)", floor.one),
+                ("ralph-systemd", lambda: rb.one(0.0)),
+                ("ralph-systemd, lives 50 ms", lambda: rb.one(0.05)),
+            ]
+            if base is not None:
+                b = base
+                contenders += [("baseline ralph-systemd", lambda: b.one(0.0)),
+                               ("baseline, lives 50 ms", lambda: b.one(0.05))]
+            contenders += [("systemd-run --user --scope", plain.systemd_run), ("subprocess.Popen", plain.popen)]
+            meta["contenders"] = [c for c, _ in contenders]
+            phases = _phases(args.favordynmods, meta["favordynmods_at_start"])
+            meta["phases"] = []
+            for pi, want in enumerate(phases):
+                if toggle is not None and want is not None:
+                    got = toggle.set(want)
+                    if got != want:
+                        raise RuntimeError(f"asked favordynmods {want}, /proc/mounts says {got}")
+                seen = favordynmods_on(Path("/proc/mounts").read_text())
+                phase = _fd_label(seen)
+                meta["phases"].append(phase)
+                for _name, fn in contenders:  # warm-up: imports, page cache, the manager's caches
+                    for _ in range(1 if args.quick else 3):
+                        fn()
+                for regime, iters, gap in (("back-to-back", args.iterations, 0.0),
+                                           (f"idle {int(IDLE_GAP_S * 1000)} ms", args.idle_iterations, IDLE_GAP_S)):
+                    for i in range(iters):
+                        k = i % len(contenders)
+                        for name, fn in contenders[k:] + contenders[:k]:
+                            if gap:
+                                time.sleep(gap)
+                            for metric, v in fn().items():
+                                samples[(phase, regime, name, metric)].append(v)
+                if pi == 0:
+                    _extras(args, rb, base, extra, phase)
+        finally:
+            try:
+                if toggle is not None:
+                    toggle.close()
+            finally:
+                if base is not None:
+                    base.close()
+                rb.close()
+                floor.close()
+    meta["favordynmods_at_end"] = favordynmods_on(Path("/proc/mounts").read_text())
+    meta["loadavg_end"] = os.getloadavg()
+    return {"meta": meta, "samples": samples, **extra}
+
+
+def _extras(args: argparse.Namespace, rb: RalphBench, base: Worker | None, extra: dict[str, Any], phase: str) -> None:
+    """Fan-out + waiting cost, and the launch breakdown, for this tree and the baseline."""
+    apis = [False] + ([True] if hasattr(rb.sup, "launch_many") else [])
+    for many in apis:
+        extra["fanout"].append({"code": "current", "phase": phase, **rb.fanout(args.fanout, args.sleep, many)})
+    if base is not None:
+        for many in [False] + ([True] if base.has_launch_many else []):
+            extra["fanout"].append({"code": "baseline", "phase": phase,
+                                    **base.call(op="fanout", n=args.fanout, sleep=args.sleep, many=many)})
+    extra["probe"]["current"] = probe_launches(rb, args.probe_runs)
+    if base is not None:
+        extra["probe"]["baseline"] = base.call(op="probe", runs=args.probe_runs)
+    extra["fork"] = fork_costs(rb, args.probe_runs)
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+
+METRIC_LABEL = {"launch": "launch", "completion": "completion", "client": "call -> JobRemoved seen",
+                "notify": "notification floor (exit -> inactive)", "reply": "StartTransientUnit reply",
+                "call": "launch() returned"}
+
+
+def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    samples: dict[Key, list[float]] = res["samples"]
+    meta = res["meta"]
+    cols = sorted({(p, r) for p, r, _, _ in samples}, key=lambda pr: (meta["phases"].index(pr[0]), "idle" in pr[1]))
+    rowkeys: list[tuple[str, str]] = []
+    for c in meta["contenders"]:
+        for m in ("launch", "reply", "client", "call", "completion", "notify"):
+            if any((p, r, c, m) in samples for p, r in cols) and (c, m) not in rowkeys:
+                rowkeys.append((c, m))
+    summ = {k: summarize(v) for k, v in samples.items()}
+    headers = ["ms, median / p90", *[f"{p}, {r}" for p, r in cols]]
+    rows = [[f"{c}: {METRIC_LABEL.get(m, m)}", *[cell(summ.get((p, r, c, m))) for p, r in cols]] for c, m in rowkeys]
+    out = [f"ralph-systemd benchmark, {meta['started_utc']}; kernel {meta['kernel']}, {meta['cpus']} CPUs, load "
+           f"{' '.join(f'{x:.2f}' for x in meta['loadavg_start'])} at start, "
+           f"{' '.join(f'{x:.2f}' for x in meta['loadavg_end'])} at end",
+           f"favordynmods at start: {meta['favordynmods_at_start']}, at end: {meta['favordynmods_at_end']}; "
+           f"iterations per regime: {meta['iterations']}",
+           "", render_table(headers, rows), ""]
+    derived: list[dict[str, Any]] = []
+    targets: list[TargetLine] = []
+    for p, r in cols:
+        def g(c: str, m: str) -> Summary | None:
+            return summ.get((p, r, c, m))
+        fl, ra, sr = g("floor (bare StartTransientUnit)", "launch"), g("ralph-systemd", "launch"), \
+            g("systemd-run --user --scope", "launch")
+        bl = g("baseline ralph-systemd", "launch")
+        d = {"phase": p, "regime": r,
+             "ralph_over_floor_ms": None if fl is None or ra is None else ra.median - fl.median,
+             "ralph_vs_floor": ratio(ra, fl), "systemd_run_vs_ralph": ratio(sr, ra),
+             "baseline_vs_current": ratio(bl, ra)}
+        derived.append(d)
+        line = (f"{p}, {r}: ralph {cell(ra)} = floor + {_f(d['ralph_over_floor_ms'])} ms "
+                f"({_x(d['ralph_vs_floor'])} the floor); systemd-run takes {_x(d['systemd_run_vs_ralph'])} ralph's time")
+        if bl is not None:
+            line += f"; baseline {cell(bl)} ({_x(d['baseline_vs_current'])} the current)"
+        out.append(line)
+        tl = launch_targets(ra, fl, sr) + completion_targets(
+            g("ralph-systemd, lives 50 ms", "completion"), g("ralph-systemd", "completion"),
+            g("floor (bare StartTransientUnit)", "notify"))
+        out += [f"  [{p}, {r}]{t.render()[1:]}" for t in tl]
+        targets += tl
+    if res["fanout"]:
+        out += ["", render_table(
+            ["fan-out + waiting", "n", "returned s", "all in scopes s", "caller CPU % core", "process CPU % core",
+             "RSS MB", "completed"],
+            [[f"{f['code']} {f['api']}", str(f["n"]), f"{f['returned_s']:.2f}", f"{f['all_running_s']:.2f}",
+              f"{100 * f['caller_cpu_s'] / f['window_s']:.3f}", f"{100 * f['process_cpu_s'] / f['window_s']:.3f}",
+              f"{f['rss_mb']:.1f}", f"{f['completed']}/{f['n']}"] for f in res["fanout"]])]
+        for f in res["fanout"]:
+            if f["code"] == "current":
+                out.append(f"  [{f['api']}]{fanout_target(f['n'], f['all_running_s']).render()[1:]}")
+                for t in waiting_targets(f["caller_cpu_s"] / f["window_s"], f["rss_mb"], f["n"]):
+                    out.append(f"  [{f['api']}]{t.render()[1:]}")
+    for code, pr in res["probe"].items():
+        med = pr["median_ms"]
+        out += ["", f"launch breakdown ({code}, {pr['runs']} launches, medians in ms; 'active' = the manager's "
+                    "ActiveEnterTimestamp, the child is inside the scope's cgroup by then):",
+                "  " + ", ".join(f"{k} {v}" for k, v in med.items() if v is not None)]
+    if res["fork"]:
+        out += ["", "fork of the session: " + "; ".join(
+            f"{k}: fork_gated {v['fork_gated_ms']} ms, posix_spawn {v['posix_spawn_ms']} ms at RSS {v['rss_mb']} MB"
+            if isinstance(v, dict) else f"{k}: {v}" for k, v in res["fork"].items())]
+    js = {"meta": meta, "summaries": [{"phase": p, "regime": r, "contender": c, "metric": m,
+                                       **(s.as_dict() if s else {})} for (p, r, c, m), s in summ.items()],
+          "derived": derived, "targets": [t.__dict__ for t in targets], "fanout": res["fanout"],
+          "probe": res["probe"], "fork": res["fork"]}
+    return "\n".join(out), js
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _x(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ralph_systemd.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=200, help="runs per contender (default 200; >= 100 asked)")
+    ap.add_argument("--quick", action="store_true", help="a ~20 s run (fewer iterations, 64-session fan-out)")
+    ap.add_argument("--iterations", type=int, help="back-to-back iterations per phase (default 60; quick 10)")
+    ap.add_argument("--idle-iterations", type=int, help="iterations with 250 ms idle before each call "
+                                                         "(default 15; quick 3)")
+    ap.add_argument("--fanout", type=int, help="sessions in the fan-out (default 256; quick 64)")
+    ap.add_argument("--sleep", type=float, help="how long fan-out sessions sleep, s (default 10; quick 2)")
+    ap.add_argument("--probe-runs", type=int, help="instrumented launches (default 30; quick 6)")
+    ap.add_argument("--baseline", metavar="TREE", help="a directory holding an older `ralph_systemd` package: "
+                    "measured in a worker process, interleaved with this one")
+    ap.add_argument("--favordynmods", choices=("keep", "both", "on", "off"), default="keep",
+                    help="keep (default: report the host's setting), or run with it off and on / on / off and "
+                         "restore it afterwards (host-wide: needs root on the host or --toggle-dir)")
+    ap.add_argument("--toggle-dir", help="FIFO directory of a `python -m ralph_systemd.bench_host serve` (host)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="ralph-bench-") as tmp:
-        b = Bench(Path(tmp))
-        contenders: dict[str, Callable[[], tuple[float, float]]] = {
-            "ralph-systemd": b.ralph, "ralph-systemd, lives 50 ms": b.ralph_50ms,
-            "systemd-run --user --scope": b.systemd_run, "subprocess.Popen": b.popen}
-        for fn in contenders.values():  # warm-up: imports, page cache, the manager's caches
-            for _ in range(5):
-                fn()
-        launch: dict[str, list[float]] = {k: [] for k in contenders}
-        done: dict[str, list[float]] = {k: [] for k in contenders}
-        for _ in range(args.runs):
-            for name, fn in contenders.items():
-                lt, ct = fn()
-                launch[name].append(lt)
-                done[name].append(ct)
-        b.close()
-    print(f"\n{args.runs} runs each, interleaved; times in ms (median / p90)\n")
-    print(f"{'contender':<28} {'launch median':>14} {'launch p90':>11} {'completion median':>18} {'completion p90':>15}")
-    for name in contenders:
-        comp = [x for x in done[name] if x == x]
-        cm = f"{_ms(comp):18.2f}" if comp else f"{'n/a':>18}"
-        cp = f"{_ms(comp, 0.9):15.2f}" if comp else f"{'n/a':>15}"
-        print(f"{name:<28} {_ms(launch[name]):14.2f} {_ms(launch[name], 0.9):11.2f} {cm} {cp}")
-    ours = _ms(launch["ralph-systemd"])
-    sr = _ms(launch["systemd-run --user --scope"])
-    pop = _ms(launch["subprocess.Popen"])
-    comp_ours = _ms(done["ralph-systemd, lives 50 ms"])
-    print(f"\nlaunch: ralph-systemd is {sr / ours:.1f}x faster than systemd-run --scope, "
-          f"{ours / pop:.1f}x the cost of a bare Popen (which has no scope)")
-    print(f"completion of a session that exits at once: {_ms(done['ralph-systemd']):.2f} ms: the kernel "
-          "notifies cgroup.events at most every 10 ms, and the scope's populated=1 notification has just "
-          "fired; a session that lived 50 ms: "
-          f"{comp_ours:.2f} ms (the figure compared with the target below)")
-    print(f"targets: launch <= 3 ms median: {'met' if ours <= 3 else 'NOT met'} ({ours:.2f} ms); "
-          f">= 4x faster than systemd-run: {'met' if sr / ours >= 4 else 'NOT met'} ({sr / ours:.1f}x); "
-          f"completion <= 5 ms median: {'met' if comp_ours <= 5 else 'NOT met'} ({comp_ours:.2f} ms)")
+    q = args.quick
+    for name, normal, quick in (("iterations", 60, 10), ("idle_iterations", 15, 3), ("fanout", 256, 64),
+                                ("sleep", 10.0, 2.0), ("probe_runs", 30, 6)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else normal)
+        if getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.baseline and not (Path(args.baseline) / "ralph_systemd" / "__init__.py").is_file():
+        ap.error(f"--baseline {args.baseline}: no ralph_systemd/__init__.py in it; give the directory that "
+                 "holds the old package (e.g. an exported checkout)")
+    res = run(args)
+    text, js = report(res)
+    if args.json:
+        print(json.dumps(js, indent=1, default=str))
+    else:
+        print(text)
+    sys.stdout.flush()
     return 0
 
 

@@ -1,0 +1,208 @@
+"""Where a ralph-systemd launch spends its milliseconds, measured without editing the package.
+
+The probe wraps, in this process only and only while it runs, the functions a launch goes through (looked
+up by name in whichever of supervisor.py / launch.py has them, so it fits today's code and an older copy):
+resolve_executable, open_session_log, fork_gated, scope_properties, the bus's start_transient_scope and
+drain (to see when JobRemoved arrives), GatedChild.release (open the gate, wait for the exec). For each
+launch it also reads the manager's ActiveEnterTimestampMonotonic over a second connection: the moment the
+scope went active, i.e. the child was already inside the scope's cgroup.
+
+It also times the fork itself against posix_spawn, at this process's size and with 50 MB more touched
+memory, since fork copies page tables and posix_spawn (vfork-style) does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ralph_systemd.bench_ralph import RalphBench, mono_us
+
+_FUNCS = ("resolve_executable", "open_session_log", "fork_gated", "scope_properties")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.unit = ""
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.marks: dict[str, float] = {}
+
+    def span(self, name: str, a: float, b: float) -> None:
+        if name not in self.spans:  # the first call of the launch (retries would add, not replace)
+            self.spans[name] = ((a - self.t0) * 1e3, (b - self.t0) * 1e3)
+
+    def mark(self, name: str) -> None:
+        if name not in self.marks:
+            self.marks[name] = (time.perf_counter() - self.t0) * 1e3
+
+
+def _wrap(rec: _Recorder, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            rec.span(name, t, time.perf_counter())
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _drain_wrapper(rec: _Recorder, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def drain(self: Any) -> Any:
+        events = fn(self)
+        for ev in events:
+            if getattr(ev, "kind", "") == "job-removed" and getattr(ev, "unit", None) == rec.unit:
+                rec.mark("job_removed_seen")
+        return events
+    return drain
+
+
+def _patch(rec: _Recorder) -> list[tuple[Any, str, Any]]:
+    """Install the wrappers; return what to put back."""
+    undo: list[tuple[Any, str, Any]] = []
+
+    def put(obj: Any, attr: str, new: Any) -> None:
+        undo.append((obj, attr, obj.__dict__[attr] if isinstance(obj, type) else getattr(obj, attr)))
+        setattr(obj, attr, new)
+
+    for modname in ("ralph_systemd.supervisor", "ralph_systemd.launch"):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        for fname in _FUNCS:
+            if hasattr(mod, fname):
+                put(mod, fname, _wrap(rec, fname, getattr(mod, fname)))
+    bus = importlib.import_module("ralph_systemd.bus")
+    cls = bus.PystemdUserBus
+    put(cls, "start_transient_scope", _wrap(rec, "start_transient_scope", cls.__dict__["start_transient_scope"]))
+    put(cls, "drain", _drain_wrapper(rec, cls.__dict__["drain"]))
+    spawn = importlib.import_module("ralph_systemd.spawn")
+    put(spawn.GatedChild, "release", _wrap(rec, "release", spawn.GatedChild.__dict__["release"]))
+    return undo
+
+
+def _unpatch(undo: list[tuple[Any, str, Any]]) -> None:
+    for obj, attr, old in reversed(undo):
+        setattr(obj, attr, old)
+
+
+def _med(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x == x]
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def probe_launches(b: RalphBench, runs: int) -> dict[str, Any]:
+    """`runs` instrumented launches of a `sleep 0.1` session; medians of each phase in ms."""
+    bus_mod = importlib.import_module("ralph_systemd.bus")
+    side = bus_mod.PystemdUserBus()  # our own connection: reads the manager's timestamps
+    rec = _Recorder()
+    rows: list[dict[str, float]] = []
+    undo = _patch(rec)
+    try:
+        for _ in range(runs):
+            rec.__init__()  # type: ignore[misc]
+            spec = b.pkg.DispatchSpec(argv=["sleep", "0.1"], ticket=f"probe-{uuid.uuid4().hex[:12]}",
+                                      cwd=b.workdir, log_dir=b.workdir / "logs")
+            rec.unit = spec.unit
+            t0_us = mono_us()
+            rec.t0 = time.perf_counter()
+            d = b.sup.launch(spec)
+            total = (time.perf_counter() - rec.t0) * 1e3
+            if d.pid is None:
+                raise RuntimeError(f"probe dispatch did not start: {d.result}")
+            st = side.unit_state(spec.unit)
+            b.sup.wait(d, timeout=30)
+            row = {"total": total}
+            for name, (a, z) in rec.spans.items():
+                row[name] = z - a
+            stu = rec.spans.get("start_transient_scope")
+            rel = rec.spans.get("release")
+            jr = rec.marks.get("job_removed_seen")
+            active = (st.active_enter_monotonic_us - t0_us) / 1e3 if st.active_enter_monotonic_us else float("nan")
+            row["active_since_call"] = active
+            if stu:
+                row["stu_call_to_active"] = active - stu[0]
+                row["stu_reply_after_active"] = stu[1] - active
+                row["before_stu"] = stu[0]
+                if jr is not None:
+                    row["stu_reply_to_jobremoved"] = jr - stu[1]
+            if jr is not None:
+                row["active_to_jobremoved_seen"] = jr - active
+                if rel:
+                    row["jobremoved_to_release"] = rel[0] - jr
+            if rel:
+                row["after_release"] = total - rel[1]
+            rows.append(row)
+    finally:
+        _unpatch(undo)
+        side.close()
+    keys = sorted({k for r in rows for k in r})
+    return {"runs": len(rows), "median_ms": {k: _med([r.get(k, float("nan")) for r in rows]) for k in keys}}
+
+
+def fork_costs(b: RalphBench, runs: int, ballast_mb: int = 50) -> dict[str, Any]:
+    """Median ms of the package's fork_gated (then aborted) vs os.posix_spawn of /bin/true, at this process's
+    size and with `ballast_mb` more touched memory."""
+    spawn = importlib.import_module("ralph_systemd.spawn")
+    true = "/bin/true"
+    out: dict[str, Any] = {}
+
+    def measure(label: str) -> None:
+        fk, ps = [], []
+        for _ in range(runs):
+            fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                t = time.perf_counter()
+                child = spawn.fork_gated(true, (true,), "/", dict(os.environ), fd)
+                fk.append((time.perf_counter() - t) * 1e3)
+                child.abort()
+            finally:
+                os.close(fd)
+            t = time.perf_counter()
+            pid = os.posix_spawn(true, [true], os.environ)
+            ps.append((time.perf_counter() - t) * 1e3)
+            os.waitpid(pid, 0)
+        out[label] = {"rss_mb": round(_rss(), 1), "fork_gated_ms": _med(fk), "posix_spawn_ms": _med(ps)}
+
+    try:
+        measure("as is")
+        ballast = bytearray(ballast_mb * 1024 * 1024)
+        for i in range(0, len(ballast), 4096):
+            ballast[i] = 1
+        measure(f"+{ballast_mb} MB")
+        del ballast
+    except TypeError as e:  # fork_gated's signature changed: say so rather than guess
+        out["error"] = f"fork_gated signature: {e}"
+    return out
+
+
+def _rss() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick look: python -m ralph_systemd.bench_probe [RUNS]
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import ralph_systemd
+
+    with tempfile.TemporaryDirectory(prefix="ralph-probe-") as tmp:
+        rb = RalphBench(ralph_systemd, Path(tmp))
+        try:
+            n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+            print(json.dumps({"launch": probe_launches(rb, n), "fork": fork_costs(rb, n)}, indent=1))
+        finally:
+            rb.close()

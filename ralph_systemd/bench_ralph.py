@@ -1,0 +1,249 @@
+"""What the benchmark measures on a ralph-systemd Supervisor, written against the PUBLIC API only, so the
+same code times today's package and an older copy side by side in one run.
+
+In-process, `bench.py` imports this module. For the baseline it runs as a worker script in a subprocess:
+
+    python -P .../ralph_systemd/bench_ralph.py --package-root OLD_TREE --workdir DIR
+
+(-P: the script's own directory must not shadow the stdlib). The worker imports `ralph_systemd` from
+OLD_TREE and answers one JSON request per line on stdin with one JSON line on stdout.
+
+Nothing here imports ralph_systemd at module level: the package is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import sys
+import time
+import types
+import uuid
+from pathlib import Path
+from typing import Any
+
+EPOCH = "session-start"
+
+
+def mono_us() -> int:
+    """CLOCK_MONOTONIC in µs: the clock of the manager's *TimestampMonotonic properties."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def wait_fifo_opened(fd: int, timeout: float = 10.0) -> float:
+    """Block until a writer has opened and closed the FIFO (POLLHUP); return that moment (perf_counter)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLHUP)
+    if not p.poll(timeout * 1000):
+        raise TimeoutError("the session never opened its FIFO")
+    t = time.perf_counter()
+    os.read(fd, 64)
+    return t
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RalphBench:
+    """Launch/completion, fan-out and waiting cost for one copy of the package."""
+
+    def __init__(self, pkg: types.ModuleType, workdir: Path) -> None:
+        self.pkg = pkg
+        self.workdir = workdir
+        self.sup: Any = pkg.Supervisor()
+        self.touch = "/usr/bin/touch" if os.path.exists("/usr/bin/touch") else "touch"
+        self.version = getattr(pkg, "__file__", "?")
+
+    def _spec(self, argv: list[str], ticket: str | None = None) -> Any:
+        return self.pkg.DispatchSpec(argv=argv, ticket=ticket or f"bench-{uuid.uuid4().hex[:12]}",
+                                     cwd=self.workdir, log_dir=self.workdir / "logs")
+
+    def one(self, lifetime: float = 0.0) -> dict[str, float]:
+        """Launch one session that opens a FIFO, lives `lifetime` s and exits. launch: from the call until the
+        session opened the FIFO (running, inside its scope); completion: from its exit (our own pidfd) until
+        sup.wait() returned the result (the scope has ended, the unit name is free again)."""
+        path = str(self.workdir / f"fifo-{uuid.uuid4().hex[:8]}")
+        os.mkfifo(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        argv = [self.touch, path] if not lifetime else ["/bin/sh", "-c", f'touch "$0"; exec sleep {lifetime}', path]
+        try:
+            spec = self._spec(argv)
+            t0 = time.perf_counter()
+            d = self.sup.launch(spec)
+            t_launched = time.perf_counter()
+            if d.pid is None:
+                raise RuntimeError(f"benchmark dispatch did not start: {d.result}")
+            try:
+                pidfd: int | None = os.pidfd_open(d.pid)
+            except ProcessLookupError:  # already exited and reaped (a threaded supervisor can be that quick)
+                pidfd = None
+            try:
+                t_run = wait_fifo_opened(fd)
+                if pidfd is not None:
+                    select.select([pidfd], [], [])
+                    t_exit = time.perf_counter()
+                else:
+                    t_exit = t_run
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+            r = self.sup.wait(d, timeout=30)
+            t_done = time.perf_counter()
+            if r.status is not self.pkg.Status.COMPLETED:
+                raise RuntimeError(f"benchmark dispatch did not complete: {r}")
+            return {"launch": (t_run - t0) * 1e3, "call": (t_launched - t0) * 1e3,
+                    "completion": (t_done - t_exit) * 1e3}
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    def fanout(self, n: int, sleep_s: float, use_many: bool) -> dict[str, Any]:
+        """Launch n sessions of `sleep sleep_s`; time until all run inside their scopes (/proc/PID/cgroup);
+        then the caller-thread and process CPU while they sleep, and RSS; then wait for all."""
+        from ralph_systemd.bench_stats import in_unit  # noqa: PLC0415 - the NEW tree's pure helper, by path
+        specs = [self._spec(["sleep", str(sleep_s)], ticket=f"fan-{i}-{uuid.uuid4().hex[:6]}") for i in range(n)]
+        t0 = time.perf_counter()
+        if use_many:
+            ds = list(self.sup.launch_many(specs))
+        else:
+            ds = [self.sup.launch(s) for s in specs]
+        t_returned = time.perf_counter()
+        failed = [d for d in ds if d.pid is None]
+        pending = {d.pid: d.unit for d in ds if d.pid is not None}
+        while pending:  # launch returns with the child in its scope; launch_many may not: look
+            for pid, unit in list(pending.items()):
+                try:
+                    if in_unit(Path(f"/proc/{pid}/cgroup").read_text(), unit):
+                        del pending[pid]
+                except OSError:
+                    del pending[pid]  # gone already: counted below
+            if pending:
+                if time.perf_counter() - t0 > 60:
+                    raise RuntimeError(f"{len(pending)} sessions not in their scopes after 60 s")
+                time.sleep(0.001)
+        t_all = time.perf_counter()
+        # waiting cost: while every session sleeps, the caller blocks in wait_all with a timeout
+        window = max(0.5, sleep_s - (t_all - t0) - 1.0)
+        rss = rss_mb()
+        th0, pr0, w0 = time.thread_time(), time.process_time(), time.perf_counter()
+        try:
+            self.sup.wait_all(ds, timeout=window)
+        except TimeoutError:
+            pass
+        th1, pr1, w1 = time.thread_time(), time.process_time(), time.perf_counter()
+        results = self.sup.wait_all(ds, timeout=sleep_s + 60)
+        t_end = time.perf_counter()
+        ok = sum(1 for r in results if r.status is self.pkg.Status.COMPLETED)
+        return {"n": n, "api": "launch_many" if use_many else "launch", "failed": len(failed),
+                "returned_s": t_returned - t0, "all_running_s": t_all - t0,
+                "window_s": w1 - w0, "caller_cpu_s": th1 - th0, "process_cpu_s": pr1 - pr0,
+                "rss_mb": rss, "rss_max_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "completed": ok, "all_done_s": t_end - t0}
+
+    def close(self) -> None:
+        self.sup.close()
+
+
+def _load_beside(name: str) -> None:
+    """Import this file's sibling `name`.py as ralph_systemd.<name> (an older package may lack it)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ralph_systemd.{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+
+
+def _worker(argv: list[str]) -> int:
+    import argparse
+    import importlib
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--package-root", required=True)
+    ap.add_argument("--workdir", required=True, type=Path)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, args.package_root)
+    pkg = importlib.import_module("ralph_systemd")
+    # the bench's own helpers come from the NEW tree (this file's directory), the package from the old one
+    for name in ("bench_stats", "bench_ralph", "bench_probe"):
+        _load_beside(name)
+    b = RalphBench(pkg, args.workdir)
+    print(json.dumps({"ready": True, "package": pkg.__file__, "launch_many": hasattr(b.sup, "launch_many")}),
+          flush=True)
+    try:
+        for line in sys.stdin:
+            req = json.loads(line)
+            try:
+                if req["op"] == "one":
+                    out: dict[str, Any] = b.one(req.get("lifetime", 0.0))
+                elif req["op"] == "fanout":
+                    out = b.fanout(req["n"], req["sleep"], req.get("many", False))
+                elif req["op"] == "probe":
+                    from ralph_systemd.bench_probe import probe_launches
+                    out = probe_launches(b, req["runs"])
+                else:
+                    out = {"error": f"unknown op {req['op']!r}"}
+            except Exception as e:  # report, keep serving
+                out = {"error": f"{type(e).__name__}: {e}"}
+            print(json.dumps(out), flush=True)
+    finally:
+        b.close()
+    return 0
+
+
+class Worker:
+    """The bench's handle on a worker subprocess running an older copy of the package."""
+
+    def __init__(self, package_root: str, workdir: Path) -> None:
+        import subprocess
+
+        script = Path(__file__).resolve()
+        self.proc = subprocess.Popen([sys.executable, "-P", str(script), "--package-root", package_root,
+                                      "--workdir", str(workdir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        hello = self._read()
+        if not hello.get("ready"):
+            raise RuntimeError(f"baseline worker did not start: {hello}")
+        self.package = hello["package"]
+        self.has_launch_many = bool(hello["launch_many"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"baseline worker exited ({self.proc.wait()})")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def call(self, **req: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        out = self._read()
+        if "error" in out:
+            raise RuntimeError(f"baseline worker: {out['error']}")
+        return out
+
+    def one(self, lifetime: float = 0.0) -> dict[str, float]:
+        return self.call(op="one", lifetime=lifetime)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(sys.argv[1:]))
