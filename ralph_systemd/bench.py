@@ -28,6 +28,7 @@ instrumented breakdown of one launch (bench_probe.py). Figures are printed (or -
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -59,7 +60,8 @@ from ralph_systemd.bench_stats import (
     summarize,
     waiting_targets,
 )
-from ralph_systemd.bus import BusEvent, PystemdUserBus, unit_path
+from ralph_systemd import DispatchSpec
+from ralph_systemd.bus import BusEvent, Property, PystemdUserBus, unit_path
 
 IDLE_GAP_S = 0.25
 Measure = Callable[[], dict[str, float]]
@@ -72,9 +74,23 @@ class Floor:
     notification floor sees the same history (the kernel sends cgroup.events at most every 10 ms).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.bus = PystemdUserBus()
         self._pending: list[BusEvent] = []
+        self.workdir = workdir
+
+    def ralph_properties(self, pid: int) -> list[Property]:
+        """The property set ralph-systemd sends (its own scope_properties, wherever it lives now), for a
+        floor that isolates what those properties cost the manager."""
+        for modname in ("ralph_systemd.launch", "ralph_systemd.scope"):
+            try:
+                fn = getattr(importlib.import_module(modname), "scope_properties")
+            except (ImportError, AttributeError):
+                continue
+            spec = DispatchSpec(argv=["true"], ticket="floor", cwd=self.workdir, timeout=3600)
+            props: list[Property] = fn(spec, pid, self.bus.unique_name, str(self.workdir / "floor.log"))
+            return props
+        raise RuntimeError("no scope_properties in ralph_systemd.launch or ralph_systemd.scope")
 
     def _await(self, want: Callable[[BusEvent], bool], timeout: float = 10.0) -> BusEvent | None:
         """The first event (queued or new) that `want`s; the others stay queued. None on timeout."""
@@ -91,7 +107,7 @@ class Floor:
             select.select([self.bus.fileno()], [], [], left)
             self._pending = self.bus.drain()
 
-    def one(self) -> dict[str, float]:
+    def one(self, full: bool = False) -> dict[str, float]:
         gate_r, gate_w = os.pipe()
         exit_r, exit_w = os.pipe()
         pid = os.fork()
@@ -106,13 +122,15 @@ class Floor:
         os.close(gate_r)
         os.close(exit_w)
         name = f"bench-floor-{uuid.uuid4().hex[:12]}.scope"
+        t0_us = 0
         path = unit_path(name)
         self._pending = self.bus.drain()
         out: dict[str, float] = {}
         active_us = inactive_us = 0
         try:
             t0_us, t0 = mono_us(), time.perf_counter()
-            self.bus.start_transient_scope(name, [("PIDs", "au", [pid])])
+            props = self.ralph_properties(pid) if full else [("PIDs", "au", [pid])]
+            self.bus.start_transient_scope(name, props)
             out["reply"] = (time.perf_counter() - t0) * 1e3
             seen = self._await(lambda e: e.kind == "job-removed" and e.unit == name)
             out["client"] = (time.perf_counter() - t0) * 1e3 if seen else float("nan")
@@ -132,6 +150,8 @@ class Floor:
                 inactive_us = int(e.changes.get("InactiveEnterTimestampMonotonic") or inactive_us)
             return bool(inactive_us)
         self._await(stamps)
+        if full:  # AddRef=true was among them: release the unit
+            self.bus.unref_unit(name)
         out["launch"] = (active_us - t0_us) / 1e3 if active_us else float("nan")
         out["notify"] = (inactive_us - exit_us) / 1e3 if inactive_us and exit_us else float("nan")
         return out
@@ -213,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     toggle = _make_toggle(args)
     with tempfile.TemporaryDirectory(prefix="ralph-bench-") as tmp:
         work = Path(tmp)
-        floor, plain = Floor(), Plain(work)
+        floor, plain = Floor(work), Plain(work)
         rb = RalphBench(ralph_systemd, work / "cur")
         (work / "cur").mkdir()
         base: Worker | None = None
@@ -224,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 meta["baseline"] = base.package
             contenders: list[tuple[str, Measure]] = [
                 ("floor (bare StartTransientUnit)", floor.one),
+                ("floor with ralph's properties", lambda: floor.one(full=True)),
                 ("ralph-systemd", lambda: rb.one(0.0)),
                 ("ralph-systemd, lives 50 ms", lambda: rb.one(0.05)),
             ]
@@ -319,15 +340,14 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         fl, ra, sr = g("floor (bare StartTransientUnit)", "launch"), g("ralph-systemd", "launch"), \
             g("systemd-run --user --scope", "launch")
         bl = g("baseline ralph-systemd", "launch")
-        d = {"phase": p, "regime": r,
-             "ralph_over_floor_ms": None if fl is None or ra is None else ra.median - fl.median,
-             "ralph_vs_floor": ratio(ra, fl), "systemd_run_vs_ralph": ratio(sr, ra),
-             "baseline_vs_current": ratio(bl, ra)}
-        derived.append(d)
-        line = (f"{p}, {r}: ralph {cell(ra)} = floor + {_f(d['ralph_over_floor_ms'])} ms "
-                f"({_x(d['ralph_vs_floor'])} the floor); systemd-run takes {_x(d['systemd_run_vs_ralph'])} ralph's time")
+        over = None if fl is None or ra is None else ra.median - fl.median
+        vs_floor, vs_sr, vs_base = ratio(ra, fl), ratio(sr, ra), ratio(bl, ra)
+        derived.append({"phase": p, "regime": r, "ralph_over_floor_ms": over, "ralph_vs_floor": vs_floor,
+                        "systemd_run_vs_ralph": vs_sr, "baseline_vs_current": vs_base})
+        line = (f"{p}, {r}: ralph {cell(ra)} = floor + {_f(over)} ms ({_x(vs_floor)} the floor); "
+                f"systemd-run takes {_x(vs_sr)} ralph's time")
         if bl is not None:
-            line += f"; baseline {cell(bl)} ({_x(d['baseline_vs_current'])} the current)"
+            line += f"; baseline {cell(bl)} ({_x(vs_base)} the current)"
         out.append(line)
         tl = launch_targets(ra, fl, sr) + completion_targets(
             g("ralph-systemd, lives 50 ms", "completion"), g("ralph-systemd", "completion"),

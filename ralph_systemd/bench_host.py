@@ -173,7 +173,10 @@ class RemoteToggle:
         self._buf = b""
 
     def set(self, on: bool) -> bool:
-        os.write(self._req, b"on\n" if on else b"off\n")
+        return self._ask(b"on" if on else b"off")
+
+    def _ask(self, req: bytes) -> bool:
+        os.write(self._req, req + b"\n")
         deadline = time.monotonic() + self.timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
@@ -190,6 +193,12 @@ class RemoteToggle:
         return words[1] == "on"
 
     def close(self) -> None:
+        """Ask for the original state back and wait for it (closing alone would also make the server
+        restore, but later than our last look at /proc/mounts)."""
+        try:
+            self._ask(b"restore")
+        except (OSError, RuntimeError) as e:
+            print(f"bench: the favordynmods server did not confirm the restore: {e}", file=sys.stderr)
         for fd in (self._req, self._ack):
             try:
                 os.close(fd)
@@ -239,9 +248,10 @@ def serve(ctl_dir: Path, uid: int, max_seconds: float) -> int:
                 cmd = line.decode(errors="replace").strip()
                 if ack is None:
                     ack = os.open(ctl_dir / "ack", os.O_WRONLY | os.O_CLOEXEC)
-                if cmd in ("on", "off"):
+                if cmd in ("on", "off", "restore"):
                     try:
-                        state = "on" if "favordynmods" in set_favordynmods(cmd == "on").options else "off"
+                        want = original if cmd == "restore" else cmd == "on"
+                        state = "on" if "favordynmods" in set_favordynmods(want).options else "off"
                         reply = f"ok {state}"
                     except (OSError, RuntimeError) as e:
                         reply = f"error {e}"
@@ -258,8 +268,8 @@ def serve(ctl_dir: Path, uid: int, max_seconds: float) -> int:
         os.close(ack)
     for name in ("req", "ack"):
         (ctl_dir / name).unlink(missing_ok=True)
-    state = current_mount()
-    print(f"bench_host: restored; favordynmods is {'on' if state and 'favordynmods' in state.options else 'off'}",
+    final = current_mount()
+    print(f"bench_host: restored; favordynmods is {'on' if final and 'favordynmods' in final.options else 'off'}",
           file=sys.stderr)
     return 0
 
@@ -269,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status", help="print the cgroup2 mount and whether favordynmods is on")
+    t = sub.add_parser("set", help="(root, host) switch favordynmods on or off now, verified (for a caller's "
+                                   "exit trap that puts back what it recorded)")
+    t.add_argument("state", choices=("on", "off"))
     s = sub.add_parser("serve", help="(root, host) switch favordynmods for one bench run, then restore")
     s.add_argument("--dir", required=True, type=Path, help="directory for the two FIFOs (visible to the bench)")
     s.add_argument("--uid", required=True, type=int, help="the uid the bench runs as")
@@ -282,8 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m.target} {','.join(m.options)}: favordynmods {'on' if 'favordynmods' in m.options else 'off'}")
         return 0
     if os.geteuid() != 0:
-        print("bench_host serve: needs root on the host (it remounts cgroup2)", file=sys.stderr)
+        print(f"bench_host {args.cmd}: needs root on the host (it remounts cgroup2)", file=sys.stderr)
         return 2
+    if args.cmd == "set":
+        m = set_favordynmods(args.state == "on")
+        print(f"{m.target} {','.join(m.options)}")
+        return 0
     return serve(args.dir, args.uid, args.max_seconds)
 
 

@@ -71,6 +71,10 @@ class TargetLine:
         return f"  {self.what}: {word} ({self.detail})"
 
 
+def _med(s: Summary | None) -> float | None:
+    return None if s is None else s.median
+
+
 def _fmt(x: float | None, unit: str = " ms") -> str:
     return "n/a" if x is None else f"{x:.2f}{unit}"
 
@@ -81,7 +85,7 @@ def launch_targets(ralph: Summary | None, floor: Summary | None, systemd_run: Su
     speed = ratio(systemd_run, ralph)
     return [
         TargetLine("launch <= manager floor + 1.5 ms", None if over is None else over <= 1.5,
-                   f"ralph {_fmt(ralph and ralph.median)}, floor {_fmt(floor and floor.median)}, "
+                   f"ralph {_fmt(_med(ralph))}, floor {_fmt(_med(floor))}, "
                    f"overhead {_fmt(over)}"),
         TargetLine(">= 3x faster than systemd-run --user --scope", None if speed is None else speed >= 3.0,
                    "n/a" if speed is None else f"{speed:.2f}x"),
@@ -96,10 +100,10 @@ def completion_targets(long_session: Summary | None, immediate: Summary | None,
     return [
         TargetLine("completion <= 5 ms (session lived 50 ms)",
                    None if long_session is None else long_session.median <= 5.0,
-                   _fmt(long_session and long_session.median)),
+                   _fmt(_med(long_session))),
         TargetLine("completion <= notification floor + 2 ms (session exited at once)",
                    None if immediate is None or bound is None else immediate.median <= bound,
-                   f"ralph {_fmt(immediate and immediate.median)}, floor {_fmt(notify_floor and notify_floor.median)}"),
+                   f"ralph {_fmt(_med(immediate))}, floor {_fmt(_med(notify_floor))}"),
     ]
 
 
