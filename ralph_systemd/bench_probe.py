@@ -148,6 +148,92 @@ def probe_launches(b: RalphBench, runs: int) -> dict[str, Any]:
     return {"runs": len(rows), "median_ms": {k: _med([r.get(k, float("nan")) for r in rows]) for k in keys}}
 
 
+def probe_completion(b: RalphBench, runs: int, lifetime: float = 0.0) -> dict[str, Any]:
+    """Where completion time goes, seen from outside: the session's exit (a pidfd, watched by a thread of
+    ours), the kernel's `populated 0` on the scope's cgroup.events (inotify, same thread), the manager's
+    InactiveEnterTimestampMonotonic (its PropertiesChanged, read over a second connection), and the
+    moment sup.wait() returned. Medians in ms, each from the session's exit."""
+    import select
+    import threading
+
+    bus_mod = importlib.import_module("ralph_systemd.bus")
+    ino_mod = importlib.import_module("ralph_systemd.inotify")
+    side = bus_mod.PystemdUserBus()
+    rows: list[dict[str, float]] = []
+    argv = ["true"] if not lifetime else ["sleep", str(lifetime)]
+    try:
+        for _ in range(runs):
+            spec = b.pkg.DispatchSpec(argv=argv, ticket=f"probe-{uuid.uuid4().hex[:12]}",
+                                      cwd=b.workdir, log_dir=b.workdir / "logs")
+            side.drain()
+            seen: dict[str, int] = {}
+            d = b.sup.launch(spec)
+            if d.pid is None:
+                raise RuntimeError(f"probe dispatch did not start: {d.result}")
+            try:
+                pidfd = os.pidfd_open(d.pid)
+                cg = open(f"/proc/{d.pid}/cgroup").read()
+            except (ProcessLookupError, FileNotFoundError):
+                b.sup.wait(d, timeout=30)
+                continue  # gone before we could watch it: no figure for this one
+            rel = next((ln[3:] for ln in cg.splitlines() if ln.startswith("0::")), "")
+            events = next((p for p in (f"/sys/fs/cgroup/unified{rel}/cgroup.events", f"/sys/fs/cgroup{rel}/cgroup.events")
+                           if os.path.exists(p)), None)
+            watch = ino_mod.Inotify(events, ino_mod.IN_MODIFY) if events else None
+
+            def watcher() -> None:
+                fds = [pidfd] + ([watch.fd] if watch else [])
+                deadline = time.monotonic() + 30
+                while ("exit" not in seen or (watch and "empty" not in seen)) and time.monotonic() < deadline:
+                    r, _, _ = select.select(fds, [], [], 1.0)
+                    now = mono_us()
+                    if pidfd in r and "exit" not in seen:
+                        seen["exit"] = now
+                        fds.remove(pidfd)
+                    if watch and watch.fd in r:
+                        watch.drain()
+                        try:
+                            populated = "populated 1" in open(events or "").read()
+                        except OSError:
+                            populated = False
+                        if not populated and "empty" not in seen:
+                            seen["empty"] = now
+                            fds.remove(watch.fd)
+
+            th = threading.Thread(target=watcher, daemon=True)
+            th.start()
+            b.sup.wait(d, timeout=30)
+            seen["done"] = mono_us()
+            th.join(5)
+            os.close(pidfd)
+            if watch:
+                watch.close()
+            path = bus_mod.unit_path(spec.unit)
+            inactive = 0
+            t_end = time.monotonic() + 2
+            while not inactive and time.monotonic() < t_end:
+                for ev in side.drain():
+                    if ev.kind == "unit-changed" and ev.path == path and ev.changes:
+                        inactive = int(ev.changes.get("InactiveEnterTimestampMonotonic") or inactive)
+                if not inactive:
+                    select.select([side.fileno()], [], [], 0.05)
+            ex = seen.get("exit")
+            if ex is None:
+                continue
+            row = {"exit_to_done": (seen["done"] - ex) / 1e3}
+            if "empty" in seen:
+                row["exit_to_cgroup_empty_seen"] = (seen["empty"] - ex) / 1e3
+            if inactive:
+                row["exit_to_manager_inactive"] = (inactive - ex) / 1e3
+                row["manager_inactive_to_done"] = (seen["done"] - inactive) / 1e3
+            rows.append(row)
+    finally:
+        side.close()
+    keys = sorted({k for r in rows for k in r})
+    return {"runs": len(rows), "lifetime_s": lifetime,
+            "median_ms": {k: _med([r.get(k, float("nan")) for r in rows]) for k in keys}}
+
+
 def fork_costs(b: RalphBench, runs: int, ballast_mb: int = 50) -> dict[str, Any]:
     """Median ms of the package's fork_gated (then aborted) vs os.posix_spawn of /bin/true, at this process's
     size and with `ballast_mb` more touched memory."""
@@ -203,6 +289,8 @@ if __name__ == "__main__":  # pragma: no cover - a quick look: python -m ralph_s
         rb = RalphBench(ralph_systemd, Path(tmp))
         try:
             n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-            print(json.dumps({"launch": probe_launches(rb, n), "fork": fork_costs(rb, n)}, indent=1))
+            print(json.dumps({"launch": probe_launches(rb, n), "completion, exits at once": probe_completion(rb, n),
+                              "completion, lives 50 ms": probe_completion(rb, n, 0.05),
+                              "fork": fork_costs(rb, n)}, indent=1))
         finally:
             rb.close()

@@ -18,6 +18,7 @@ import os
 import resource
 import select
 import sys
+import threading
 import time
 import types
 import uuid
@@ -50,6 +51,25 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def _watch(fifo_fd: int, pidfd: int | None, seen: dict[str, float]) -> None:
+    """Record (perf_counter) when the FIFO's writer has come and gone ("run") and when the session exited
+    ("exit", its pidfd became readable)."""
+    p = select.poll()
+    p.register(fifo_fd, select.POLLIN | select.POLLHUP)
+    if pidfd is not None:
+        p.register(pidfd, select.POLLIN)
+    deadline = time.monotonic() + 20
+    while ("run" not in seen or (pidfd is not None and "exit" not in seen)) and time.monotonic() < deadline:
+        for fd, _ev in p.poll(1000):
+            now = time.perf_counter()
+            if fd == fifo_fd and "run" not in seen:
+                seen["run"] = now
+                p.unregister(fifo_fd)
+            elif fd == pidfd and "exit" not in seen:
+                seen["exit"] = now
+                p.unregister(pidfd)
+
+
 class RalphBench:
     """Launch/completion, fan-out and waiting cost for one copy of the package."""
 
@@ -66,8 +86,10 @@ class RalphBench:
 
     def one(self, lifetime: float = 0.0) -> dict[str, float]:
         """Launch one session that opens a FIFO, lives `lifetime` s and exits. launch: from the call until the
-        session opened the FIFO (running, inside its scope); completion: from its exit (our own pidfd) until
-        sup.wait() returned the result (the scope has ended, the unit name is free again)."""
+        session opened the FIFO (running, inside its scope); completion: from its exit until sup.wait()
+        returned the result (the scope has ended, the unit name is free again). The caller is in
+        sup.wait() the whole time, as a caller waiting for its sessions is; a thread of ours watches the
+        FIFO and a pidfd of the session."""
         path = str(self.workdir / f"fifo-{uuid.uuid4().hex[:8]}")
         os.mkfifo(path)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -83,21 +105,22 @@ class RalphBench:
                 pidfd: int | None = os.pidfd_open(d.pid)
             except ProcessLookupError:  # already exited and reaped (a threaded supervisor can be that quick)
                 pidfd = None
+            seen: dict[str, float] = {}
+            watcher = threading.Thread(target=_watch, args=(fd, pidfd, seen), daemon=True)
+            watcher.start()
             try:
-                t_run = wait_fifo_opened(fd)
-                if pidfd is not None:
-                    select.select([pidfd], [], [])
-                    t_exit = time.perf_counter()
-                else:
-                    t_exit = t_run
+                r = self.sup.wait(d, timeout=30)
+                t_done = time.perf_counter()
             finally:
+                watcher.join(10)
                 if pidfd is not None:
                     os.close(pidfd)
-            r = self.sup.wait(d, timeout=30)
-            t_done = time.perf_counter()
             if r.status is not self.pkg.Status.COMPLETED:
                 raise RuntimeError(f"benchmark dispatch did not complete: {r}")
-            return {"launch": (t_run - t0) * 1e3, "call": (t_launched - t0) * 1e3,
+            if "run" not in seen:
+                raise RuntimeError("the session never opened its FIFO")
+            t_exit = seen.get("exit", seen["run"])
+            return {"launch": (seen["run"] - t0) * 1e3, "call": (t_launched - t0) * 1e3,
                     "completion": (t_done - t_exit) * 1e3}
         finally:
             os.close(fd)
