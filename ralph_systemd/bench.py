@@ -45,7 +45,7 @@ from typing import Any
 
 import ralph_systemd
 from ralph_systemd import bench_host
-from ralph_systemd.bench_probe import fork_costs, probe_launches
+from ralph_systemd.bench_probe import fork_costs, inotify_costs, probe_all
 from ralph_systemd.bench_ralph import RalphBench, Worker, mono_us, wait_fifo_opened
 from ralph_systemd.bench_stats import (
     Summary,
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "iterations": {"back-to-back": args.iterations, "idle": args.idle_iterations}, "idle_gap_s": IDLE_GAP_S,
     }
     samples: dict[Key, list[float]] = defaultdict(list)
-    extra: dict[str, Any] = {"fanout": [], "probe": {}, "fork": {}}
+    extra: dict[str, Any] = {"fanout": [], "probe": {}, "fork": {}, "inotify": {}}
     toggle = _make_toggle(args)
     with tempfile.TemporaryDirectory(prefix="ralph-bench-") as tmp:
         work = Path(tmp)
@@ -301,10 +301,11 @@ def _extras(args: argparse.Namespace, rb: RalphBench, base: Worker | None, extra
         for many in [False] + ([True] if base.has_launch_many else []):
             extra["fanout"].append({"code": "baseline", "phase": phase,
                                     **base.call(op="fanout", n=args.fanout, sleep=args.sleep, many=many)})
-    extra["probe"]["current"] = probe_launches(rb, args.probe_runs)
+    extra["probe"]["current"] = probe_all(rb, args.probe_runs)
     if base is not None:
         extra["probe"]["baseline"] = base.call(op="probe", runs=args.probe_runs)
     extra["fork"] = fork_costs(rb, args.probe_runs)
+    extra["inotify"] = inotify_costs(args.probe_runs)
 
 
 # -- the report -----------------------------------------------------------------------------------------------
@@ -356,9 +357,10 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         targets += tl
     if res["fanout"]:
         out += ["", render_table(
-            ["fan-out + waiting", "n", "returned s", "all in scopes s", "caller CPU % core", "process CPU % core",
-             "RSS MB", "completed"],
+            ["fan-out + waiting", "n", "returned s", "all in scopes s", "CPU s: ours / manager / bus",
+             "caller CPU % core", "process CPU % core", "RSS MB", "completed"],
             [[f"{f['code']} {f['api']}", str(f["n"]), f"{f['returned_s']:.2f}", f"{f['all_running_s']:.2f}",
+              " / ".join(f"{f['fanout_cpu_s'].get(k, float('nan')):.2f}" for k in ("supervisor", "manager", "bus daemon")),
               f"{100 * f['caller_cpu_s'] / f['window_s']:.3f}", f"{100 * f['process_cpu_s'] / f['window_s']:.3f}",
               f"{f['rss_mb']:.1f}", f"{f['completed']}/{f['n']}"] for f in res["fanout"]])]
         for f in res["fanout"]:
@@ -366,20 +368,26 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 out.append(f"  [{f['api']}]{fanout_target(f['n'], f['all_running_s']).render()[1:]}")
                 for t in waiting_targets(f["caller_cpu_s"] / f["window_s"], f["rss_mb"], f["n"]):
                     out.append(f"  [{f['api']}]{t.render()[1:]}")
-    for code, pr in res["probe"].items():
-        med = pr["median_ms"]
-        out += ["", f"launch breakdown ({code}, {pr['runs']} launches, medians in ms; 'active' = the manager's "
-                    "ActiveEnterTimestamp, the child is inside the scope's cgroup by then):",
-                "  " + ", ".join(f"{k} {v}" for k, v in med.items() if v is not None)]
+    for code, probes in res["probe"].items():
+        for what, pr in probes.items():
+            med = pr["median_ms"]
+            head = (f"{what} breakdown ({code}, {pr['runs']} runs, medians in ms" +
+                    ("; 'active' = the manager's ActiveEnterTimestamp: the child is inside the scope's cgroup by then)"
+                     if what == "launch" else ", from the session's exit)"))
+            out += ["", head + ":", "  " + ", ".join(f"{k} {v}" for k, v in med.items() if v is not None)]
     if res["fork"]:
         out += ["", "fork of the session: " + "; ".join(
             f"{k}: fork_gated {v['fork_gated_ms']} ms, posix_spawn {v['posix_spawn_ms']} ms at RSS {v['rss_mb']} MB"
             if isinstance(v, dict) else f"{k}: {v}" for k, v in res["fork"].items())]
+    if res["inotify"]:
+        out.append("inotify: " + ", ".join(f"{k} {v}" for k, v in res["inotify"].items()))
     js = {"meta": meta, "summaries": [{"phase": p, "regime": r, "contender": c, "metric": m,
                                        **(s.as_dict() if s else {})} for (p, r, c, m), s in summ.items()],
           "derived": derived, "targets": [t.__dict__ for t in targets], "fanout": res["fanout"],
-          "probe": res["probe"], "fork": res["fork"]}
-    return "\n".join(out), js
+          "probe": res["probe"], "fork": res["fork"], "inotify": res["inotify"]}
+    text = "\n".join(out)
+    js["table"] = text  # the same report as text, so a --json run needs no second run for the table
+    return text, js
 
 
 def _f(x: float | None) -> str:

@@ -166,10 +166,25 @@ def probe_completion(b: RalphBench, runs: int, lifetime: float = 0.0) -> dict[st
     ino_mod = importlib.import_module("ralph_systemd.inotify")
     side = bus_mod.PystemdUserBus()
     rows: list[dict[str, float]] = []
-    argv = ["true"] if not lifetime else ["sleep", str(lifetime)]
+    closes: list[float] = []
+    orig_close = ino_mod.Inotify.__dict__.get("close")
+
+    def timed_close(self: Any) -> None:
+        t = time.perf_counter()
+        try:
+            orig_close(self)
+        finally:
+            closes.append((time.perf_counter() - t) * 1e3)
+    if orig_close is not None:
+        ino_mod.Inotify.close = timed_close
     try:
         for _ in range(runs):
-            spec = b.pkg.DispatchSpec(argv=argv, ticket=f"probe-{uuid.uuid4().hex[:12]}",
+            # The session waits for a line on a FIFO (so we watch it before it can exit), then exits at once or
+            # after `lifetime`; a threaded supervisor would otherwise reap a `true` before we could look.
+            fifo = str(b.workdir / f"go-{uuid.uuid4().hex[:8]}")
+            os.mkfifo(fifo)
+            script = 'read x < "$0"' + (f"; exec sleep {lifetime}" if lifetime else "")
+            spec = b.pkg.DispatchSpec(argv=["/bin/sh", "-c", script, fifo], ticket=f"probe-{uuid.uuid4().hex[:12]}",
                                       cwd=b.workdir, log_dir=b.workdir / "logs")
             side.drain()
             seen: dict[str, int] = {}
@@ -207,9 +222,14 @@ def probe_completion(b: RalphBench, runs: int, lifetime: float = 0.0) -> dict[st
                             fds.remove(watch.fd)
 
             th = threading.Thread(target=watcher, daemon=True)
+            closes.clear()
             th.start()
+            with open(fifo, "w") as go:  # blocks until the session opened its end
+                go.write("go\n")
+            os.unlink(fifo)
             b.sup.wait(d, timeout=30)
             seen["done"] = mono_us()
+            closed_ms = sum(closes)  # the supervisor's own inotify closes on the way to the result
             th.join(5)
             os.close(pidfd)
             if watch:
@@ -226,7 +246,7 @@ def probe_completion(b: RalphBench, runs: int, lifetime: float = 0.0) -> dict[st
             ex = seen.get("exit")
             if ex is None:
                 continue
-            row = {"exit_to_done": (seen["done"] - ex) / 1e3}
+            row = {"exit_to_done": (seen["done"] - ex) / 1e3, "supervisor_inotify_close": closed_ms}
             if "empty" in seen:
                 row["exit_to_cgroup_empty_seen"] = (seen["empty"] - ex) / 1e3
             if inactive:
@@ -234,10 +254,18 @@ def probe_completion(b: RalphBench, runs: int, lifetime: float = 0.0) -> dict[st
                 row["manager_inactive_to_done"] = (seen["done"] - inactive) / 1e3
             rows.append(row)
     finally:
+        if orig_close is not None:
+            ino_mod.Inotify.close = orig_close
         side.close()
     keys = sorted({k for r in rows for k in r})
     return {"runs": len(rows), "lifetime_s": lifetime,
             "median_ms": {k: _med([r.get(k, float("nan")) for r in rows]) for k in keys}}
+
+
+def probe_all(b: RalphBench, runs: int) -> dict[str, Any]:
+    """The launch breakdown and the completion timeline (exits at once; lives 50 ms)."""
+    return {"launch": probe_launches(b, runs), "completion, exits at once": probe_completion(b, runs),
+            "completion, lives 50 ms": probe_completion(b, runs, 0.05)}
 
 
 def fork_costs(b: RalphBench, runs: int, ballast_mb: int = 50) -> dict[str, Any]:
@@ -278,6 +306,34 @@ def fork_costs(b: RalphBench, runs: int, ballast_mb: int = 50) -> dict[str, Any]
     return out
 
 
+def inotify_costs(runs: int) -> dict[str, float | None]:
+    """Median ms to close an inotify fd without a watch, with one watch, and to remove a watch: closing an
+    instance that has watches waits for an SRCU grace period in the kernel (fsnotify_destroy_group)."""
+    import ctypes
+    import ctypes.util
+    import tempfile
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    bare, watched, rm = [], [], []
+    with tempfile.NamedTemporaryFile() as f:
+        target = f.name.encode()
+        for _ in range(runs):
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            t = time.perf_counter()
+            os.close(fd)
+            bare.append((time.perf_counter() - t) * 1e3)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            wd = libc.inotify_add_watch(fd, target, 2)
+            t = time.perf_counter()
+            libc.inotify_rm_watch(fd, wd)
+            rm.append((time.perf_counter() - t) * 1e3)
+            libc.inotify_add_watch(fd, target, 2)
+            t = time.perf_counter()
+            os.close(fd)
+            watched.append((time.perf_counter() - t) * 1e3)
+    return {"close_without_watch_ms": _med(bare), "close_with_watch_ms": _med(watched), "rm_watch_ms": _med(rm)}
+
+
 def _rss() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -297,8 +353,6 @@ if __name__ == "__main__":  # pragma: no cover - a quick look: python -m ralph_s
         rb = RalphBench(ralph_systemd, Path(tmp))
         try:
             n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-            print(json.dumps({"launch": probe_launches(rb, n), "completion, exits at once": probe_completion(rb, n),
-                              "completion, lives 50 ms": probe_completion(rb, n, 0.05),
-                              "fork": fork_costs(rb, n)}, indent=1))
+            print(json.dumps({**probe_all(rb, n), "fork": fork_costs(rb, n), "inotify": inotify_costs(n)}, indent=1))
         finally:
             rb.close()

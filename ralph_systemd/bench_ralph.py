@@ -44,6 +44,29 @@ def wait_fifo_opened(fd: int, timeout: float = 10.0) -> float:
     return t
 
 
+def _helpers_cpu() -> dict[str, float]:
+    """CPU seconds used so far by this user's systemd manager and bus daemon (the other two processes every
+    launch goes through), from /proc; empty when they cannot be read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    uid = os.getuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        if comm in ("systemd", "dbus-daemon", "dbus-broker"):
+            f = stat[stat.rindex(")") + 2:].split()
+            key = "manager" if comm == "systemd" else "bus daemon"
+            out[key] = out.get(key, 0.0) + (int(f[11]) + int(f[12])) / tick
+    return out
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -131,6 +154,7 @@ class RalphBench:
         then the caller-thread and process CPU while they sleep, and RSS; then wait for all."""
         from ralph_systemd.bench_stats import in_unit  # noqa: PLC0415 - the NEW tree's pure helper, by path
         specs = [self._spec(["sleep", str(sleep_s)], ticket=f"fan-{i}-{uuid.uuid4().hex[:6]}") for i in range(n)]
+        helpers0, own0 = _helpers_cpu(), time.process_time()
         t0 = time.perf_counter()
         if use_many:
             ds = list(self.sup.launch_many(specs))
@@ -151,6 +175,8 @@ class RalphBench:
                     raise RuntimeError(f"{len(pending)} sessions not in their scopes after 60 s")
                 time.sleep(0.001)
         t_all = time.perf_counter()
+        own1, helpers1 = time.process_time(), _helpers_cpu()
+        fan_cpu = {"supervisor": own1 - own0, **{k: helpers1[k] - helpers0.get(k, 0.0) for k in helpers1}}
         # waiting cost: while every session sleeps, the caller blocks in wait_all with a timeout
         window = max(0.5, sleep_s - (t_all - t0) - 1.0)
         rss = rss_mb()
@@ -167,7 +193,7 @@ class RalphBench:
                 "returned_s": t_returned - t0, "all_running_s": t_all - t0,
                 "window_s": w1 - w0, "caller_cpu_s": th1 - th0, "process_cpu_s": pr1 - pr0,
                 "rss_mb": rss, "rss_max_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "completed": ok, "all_done_s": t_end - t0}
+                "completed": ok, "all_done_s": t_end - t0, "fanout_cpu_s": fan_cpu}
 
     def close(self) -> None:
         self.sup.close()
@@ -210,8 +236,8 @@ def _worker(argv: list[str]) -> int:
                 elif req["op"] == "fanout":
                     out = b.fanout(req["n"], req["sleep"], req.get("many", False))
                 elif req["op"] == "probe":
-                    from ralph_systemd.bench_probe import probe_launches
-                    out = probe_launches(b, req["runs"])
+                    from ralph_systemd.bench_probe import probe_all
+                    out = probe_all(b, req["runs"])
                 else:
                     out = {"error": f"unknown op {req['op']!r}"}
             except Exception as e:  # report, keep serving
