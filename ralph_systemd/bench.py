@@ -36,6 +36,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -190,6 +191,24 @@ class Plain:
     def popen(self) -> dict[str, float]:
         return self._run([])
 
+    @staticmethod
+    def fork_exit(rounds: int = 20) -> dict[str, float]:
+        """Mean ms of os.fork + _exit + waitpid, and of starting + joining a thread: what favordynmods makes
+        dearer (forks, exits and new threads take the cgroup rwsem's reader side)."""
+        t = time.perf_counter()
+        for _ in range(rounds):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                os._exit(0)
+            os.waitpid(pid, 0)
+        fork_ms = (time.perf_counter() - t) * 1e3 / rounds
+        t = time.perf_counter()
+        for _ in range(rounds):
+            th = threading.Thread(target=int)
+            th.start()
+            th.join()
+        return {"fork": fork_ms, "thread": (time.perf_counter() - t) * 1e3 / rounds}
+
 
 # -- the run --------------------------------------------------------------------------------------------------
 
@@ -252,7 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 b = base
                 contenders += [("baseline ralph-systemd", lambda: b.one(0.0)),
                                ("baseline, lives 50 ms", lambda: b.one(0.05))]
-            contenders += [("systemd-run --user --scope", plain.systemd_run), ("subprocess.Popen", plain.popen)]
+            contenders += [("systemd-run --user --scope", plain.systemd_run), ("subprocess.Popen", plain.popen),
+                           ("fork + exit + wait; thread start + join", plain.fork_exit)]
             meta["contenders"] = [c for c, _ in contenders]
             phases = _phases(args.favordynmods, meta["favordynmods_at_start"])
             meta["phases"] = []
@@ -312,7 +332,7 @@ def _extras(args: argparse.Namespace, rb: RalphBench, base: Worker | None, extra
 
 METRIC_LABEL = {"launch": "launch", "completion": "completion", "client": "call -> JobRemoved seen",
                 "notify": "notification floor (exit -> inactive)", "reply": "StartTransientUnit reply",
-                "call": "launch() returned"}
+                "call": "launch() returned", "fork": "fork, mean of 20", "thread": "thread, mean of 20"}
 
 
 def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -321,7 +341,7 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     cols = sorted({(p, r) for p, r, _, _ in samples}, key=lambda pr: (meta["phases"].index(pr[0]), "idle" in pr[1]))
     rowkeys: list[tuple[str, str]] = []
     for c in meta["contenders"]:
-        for m in ("launch", "reply", "client", "call", "completion", "notify"):
+        for m in ("launch", "reply", "client", "call", "completion", "notify", "fork", "thread"):
             if any((p, r, c, m) in samples for p, r in cols) and (c, m) not in rowkeys:
                 rowkeys.append((c, m))
     summ = {k: summarize(v) for k, v in samples.items()}
