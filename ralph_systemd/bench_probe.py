@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ralph_systemd.bench_ralph import RalphBench, mono_us
+from ralph_systemd.bench_ralph import RalphBench, mono_us, rss_mb
 
 _FUNCS = ("resolve_executable", "open_session_log", "fork_gated", "scope_properties")
 
@@ -292,7 +292,7 @@ def fork_costs(b: RalphBench, runs: int, ballast_mb: int = 50) -> dict[str, Any]
             if i >= 2:
                 ps.append((time.perf_counter() - t) * 1e3)
             os.waitpid(pid, 0)
-        out[label] = {"rss_mb": round(_rss(), 1), "fork_gated_ms": _med(fk), "posix_spawn_ms": _med(ps)}
+        out[label] = {"rss_mb": round(rss_mb(), 1), "fork_gated_ms": _med(fk), "posix_spawn_ms": _med(ps)}
 
     try:
         measure("as is")
@@ -332,14 +332,6 @@ def inotify_costs(runs: int) -> dict[str, float | None]:
             os.close(fd)
             watched.append((time.perf_counter() - t) * 1e3)
     return {"close_without_watch_ms": _med(bare), "close_with_watch_ms": _med(watched), "rm_watch_ms": _med(rm)}
-
-
-def _rss() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick look: python -m ralph_systemd.bench_probe [RUNS]
