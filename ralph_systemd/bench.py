@@ -46,7 +46,7 @@ from typing import Any
 
 import ralph_systemd
 from ralph_systemd import bench_host
-from ralph_systemd.bench_probe import fork_costs, inotify_costs, probe_all
+from ralph_systemd.bench_probe import fork_costs, inotify_costs, probe_all, profile_fanout
 from ralph_systemd.bench_ralph import RalphBench, Worker, mono_us, wait_fifo_opened
 from ralph_systemd.bench_stats import (
     Summary,
@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                          "restore it afterwards (host-wide: needs root on the host or --toggle-dir)")
     ap.add_argument("--toggle-dir", help="FIFO directory of a `python -m ralph_systemd.bench_host serve` (host)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--profile-fanout", type=int, metavar="N", help="only profile (cProfile, every thread) a "
+                    "fan-out of N sessions with this tree's Supervisor, print where its CPU goes, and stop")
     args = ap.parse_args(argv)
     q = args.quick
     for name, normal, quick in (("iterations", 60, 10), ("idle_iterations", 15, 3), ("fanout", 256, 64),
@@ -443,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, quick if q else normal)
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.profile_fanout is not None:
+        if args.profile_fanout <= 0:
+            ap.error("--profile-fanout must be > 0")
+        with tempfile.TemporaryDirectory(prefix="ralph-bench-") as tmp:
+            print(profile_fanout(ralph_systemd, Path(tmp), args.profile_fanout, 3.0))
+        return 0
     if args.baseline and not (Path(args.baseline) / "ralph_systemd" / "__init__.py").is_file():
         ap.error(f"--baseline {args.baseline}: no ralph_systemd/__init__.py in it; give the directory that "
                  "holds the old package (e.g. an exported checkout)")

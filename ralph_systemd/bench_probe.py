@@ -262,6 +262,46 @@ def probe_completion(b: RalphBench, runs: int, lifetime: float = 0.0) -> dict[st
             "median_ms": {k: _med([r.get(k, float("nan")) for r in rows]) for k in keys}}
 
 
+def profile_fanout(pkg: Any, workdir: Any, n: int, sleep_s: float, top: int = 20) -> str:
+    """cProfile of every thread of a fresh Supervisor (its loop thread included) over an n-session fan-out
+    with launch_many (or launch); the `top` entries by own time, as text."""
+    import cProfile
+    import io
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    orig_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        pr = cProfile.Profile()
+        pr.enable()
+        try:
+            orig_run(self)
+        finally:
+            pr.disable()
+            profiles.append(pr)
+    threading.Thread.run = run  # type: ignore[method-assign]
+    try:
+        rb = RalphBench(pkg, workdir)
+    finally:
+        threading.Thread.run = orig_run  # type: ignore[method-assign]
+    caller = cProfile.Profile()
+    caller.enable()
+    try:
+        res = rb.fanout(n, sleep_s, hasattr(rb.sup, "launch_many"))
+    finally:
+        caller.disable()
+        rb.close()
+    out = io.StringIO()
+    out.write(f"fan-out of {n} ({res['api']}): all in scopes after {res['all_running_s']:.2f} s; CPU s during "
+              f"it: {', '.join(f'{k} {v:.2f}' for k, v in res['fanout_cpu_s'].items())}\n")
+    for label, prof in [("caller thread", caller)] + [(f"thread {i + 1}", p) for i, p in enumerate(profiles)]:
+        out.write(f"\n-- {label}, by own time --\n")
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
 def probe_all(b: RalphBench, runs: int) -> dict[str, Any]:
     """The launch breakdown and the completion timeline (exits at once; lives 50 ms)."""
     return {"launch": probe_launches(b, runs), "completion, exits at once": probe_completion(b, runs),
