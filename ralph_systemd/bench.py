@@ -223,17 +223,20 @@ def _phases(mode: str, now_on: bool | None) -> list[bool | None]:
     return [mode == "on"]
 
 
+def _can_remount_here() -> bool:
+    """Root in the host's cgroup namespace: the only place a remount of cgroup2 changes the option."""
+    try:
+        return os.geteuid() == 0 and os.stat("/proc/self/ns/cgroup").st_ino == os.stat("/proc/1/ns/cgroup").st_ino
+    except OSError:
+        return False
+
+
 def _make_toggle(args: argparse.Namespace) -> bench_host.Toggle | None:
     if args.favordynmods == "keep":
         return None
     if args.toggle_dir:
         return bench_host.RemoteToggle(args.toggle_dir)
-    if os.geteuid() == 0 and os.path.exists("/proc/1/ns/cgroup") and \
-            os.stat("/proc/self/ns/cgroup").st_ino == os.stat("/proc/1/ns/cgroup").st_ino:
-        return bench_host.LocalToggle()
-    raise SystemExit("bench: --favordynmods needs root in the host's cgroup namespace (it is a host-wide "
-                     "option): run `./dev bench --favordynmods both`, or give --toggle-dir of a running "
-                     "`python -m ralph_systemd.bench_host serve`")
+    return bench_host.LocalToggle()
 
 
 def _fd_label(on: bool | None) -> str:
@@ -451,10 +454,20 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="ralph-bench-") as tmp:
             print(profile_fanout(ralph_systemd, Path(tmp), args.profile_fanout, 3.0))
         return 0
+    if args.toggle_dir and args.favordynmods == "keep":
+        ap.error("--toggle-dir is only for --favordynmods both|on|off")
+    if args.favordynmods != "keep" and not args.toggle_dir and not _can_remount_here():
+        ap.error("--favordynmods both|on|off needs root in the host's cgroup namespace (the option is "
+                 "host-wide), or --toggle-dir of a `python -m ralph_systemd.bench_host serve` run as root on "
+                 "the host")
     if args.baseline and not (Path(args.baseline) / "ralph_systemd" / "__init__.py").is_file():
         ap.error(f"--baseline {args.baseline}: no ralph_systemd/__init__.py in it; give the directory that "
                  "holds the old package (e.g. an exported checkout)")
-    res = run(args)
+    try:
+        res = run(args)
+    except (RuntimeError, OSError) as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
     text, js = report(res)
     if args.json:
         print(json.dumps(js, indent=1, default=str))

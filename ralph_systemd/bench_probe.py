@@ -30,6 +30,9 @@ _FUNCS = ("resolve_executable", "open_session_log", "fork_gated", "scope_propert
 
 class _Recorder:
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.t0 = 0.0
         self.unit = ""
         self.spans: dict[str, tuple[float, float]] = {}
@@ -111,7 +114,7 @@ def probe_launches(b: RalphBench, runs: int) -> dict[str, Any]:
     undo = _patch(rec)
     try:
         for _ in range(runs):
-            rec.__init__()  # type: ignore[misc]
+            rec.reset()
             spec = b.pkg.DispatchSpec(argv=["sleep", "0.1"], ticket=f"probe-{uuid.uuid4().hex[:12]}",
                                       cwd=b.workdir, log_dir=b.workdir / "logs")
             rec.unit = spec.unit
