@@ -386,6 +386,10 @@ def report(res: dict[str, Any]) -> tuple[str, dict[str, Any]]:
               " / ".join(f"{f['fanout_cpu_s'].get(k, float('nan')):.2f}" for k in ("supervisor", "manager", "bus daemon")),
               f"{100 * f['caller_cpu_s'] / f['window_s']:.3f}", f"{100 * f['process_cpu_s'] / f['window_s']:.3f}",
               f"{f['rss_mb']:.1f}", f"{f['completed']}/{f['n']}"] for f in res["fanout"]])]
+        late = sum(f.get("exited_early", 0) for f in res["fanout"])
+        if late:
+            out.append(f"  ({late} session(s) had ended before their scope was checked: the fan-out took longer "
+                       "than they sleep; give --sleep more)")
         for f in res["fanout"]:
             if f["code"] == "current":
                 out.append(f"  [{f['api']}]{fanout_target(f['n'], f['all_running_s']).render()[1:]}")
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-iterations", type=int, help="iterations with 250 ms idle before each call "
                                                          "(default 15; quick 3)")
     ap.add_argument("--fanout", type=int, help="sessions in the fan-out (default 256; quick 64)")
-    ap.add_argument("--sleep", type=float, help="how long fan-out sessions sleep, s (default 10; quick 2)")
+    ap.add_argument("--sleep", type=float, help="how long fan-out sessions sleep, s (default 10; quick 3)")
     ap.add_argument("--probe-runs", type=int, help="instrumented launches (default 30; quick 6)")
     ap.add_argument("--baseline", metavar="TREE", help="a directory holding an older `ralph_systemd` package: "
                     "measured in a worker process, interleaved with this one")
@@ -443,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     q = args.quick
     for name, normal, quick in (("iterations", 60, 10), ("idle_iterations", 15, 3), ("fanout", 256, 64),
-                                ("sleep", 10.0, 2.0), ("probe_runs", 30, 6)):
+                                ("sleep", 10.0, 3.0), ("probe_runs", 30, 6)):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else normal)
         if getattr(args, name) <= 0:

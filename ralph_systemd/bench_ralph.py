@@ -67,6 +67,15 @@ def _helpers_cpu() -> dict[str, float]:
     return out
 
 
+def _exited(pid: int) -> bool:
+    """A zombie (or gone): its /proc/PID/cgroup no longer names the cgroup it ran in."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -163,13 +172,18 @@ class RalphBench:
         t_returned = time.perf_counter()
         failed = [d for d in ds if d.pid is None]
         pending = {d.pid: d.unit for d in ds if d.pid is not None}
+        exited = 0  # ended before we looked (a slow fan-out on a loaded machine): not checked
         while pending:  # launch returns with the child in its scope; launch_many may not: look
             for pid, unit in list(pending.items()):
                 try:
                     if in_unit(Path(f"/proc/{pid}/cgroup").read_text(), unit):
                         del pending[pid]
+                    elif _exited(pid):
+                        del pending[pid]
+                        exited += 1
                 except OSError:
-                    del pending[pid]  # gone already: counted below
+                    del pending[pid]
+                    exited += 1
             if pending:
                 if time.perf_counter() - t0 > 60:
                     raise RuntimeError(f"{len(pending)} sessions not in their scopes after 60 s")
@@ -189,7 +203,7 @@ class RalphBench:
         results = self.sup.wait_all(ds, timeout=sleep_s + 60)
         t_end = time.perf_counter()
         ok = sum(1 for r in results if r.status is self.pkg.Status.COMPLETED)
-        return {"n": n, "api": "launch_many" if use_many else "launch", "failed": len(failed),
+        return {"n": n, "api": "launch_many" if use_many else "launch", "failed": len(failed), "exited_early": exited,
                 "returned_s": t_returned - t0, "all_running_s": t_all - t0,
                 "window_s": w1 - w0, "caller_cpu_s": th1 - th0, "process_cpu_s": pr1 - pr0,
                 "rss_mb": rss, "rss_max_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
