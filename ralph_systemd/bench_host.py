@@ -161,15 +161,23 @@ class RemoteToggle:
     """Asks a `bench_host serve` process (root, on the host) through its FIFOs. Closing, or dying, makes
     the server restore the original state."""
 
-    def __init__(self, ctl_dir: str, timeout: float = 30.0) -> None:
+    def __init__(self, ctl_dir: str, timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
         self.timeout = timeout
-        self._ack = os.open(os.path.join(ctl_dir, "ack"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            self._req = os.open(os.path.join(ctl_dir, "req"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            os.close(self._ack)
-            raise RuntimeError(f"no favordynmods server listening in {ctl_dir} ({e.strerror}): start "
-                               "`python -m ralph_systemd.bench_host serve` on the host as root") from None
+        deadline = time.monotonic() + connect_timeout
+        while True:  # the server may still be starting (its FIFOs not made yet, or not reading yet)
+            try:
+                self._ack = os.open(os.path.join(ctl_dir, "ack"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    self._req = os.open(os.path.join(ctl_dir, "req"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError:
+                    os.close(self._ack)
+                    raise
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENXIO) or time.monotonic() >= deadline:
+                    raise RuntimeError(f"no favordynmods server listening in {ctl_dir} ({e.strerror}): start "
+                                       "`python -m ralph_systemd.bench_host serve` on the host as root") from None
+                time.sleep(0.05)
         self._buf = b""
 
     def set(self, on: bool) -> bool:
@@ -213,7 +221,7 @@ def serve(ctl_dir: Path, uid: int, max_seconds: float) -> int:
     """Serve on/off requests from one bench; restore the original state when it is done."""
     ctl_dir.mkdir(mode=0o711, exist_ok=True)
     os.chmod(ctl_dir, 0o711)  # the bed's user must reach the FIFOs, and only them
-    for name in ("req", "ack"):
+    for name in ("ack", "req"):  # "req" last: once it exists, both do
         p = ctl_dir / name
         if p.exists() or p.is_symlink():
             p.unlink()

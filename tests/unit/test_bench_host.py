@@ -108,9 +108,24 @@ def test_the_originally_on_state_is_what_comes_back(host: FakeHost, tmp_path: Pa
     assert seen == [False, ("after close", True)] and host.on is True
 
 
+def test_a_bench_started_before_its_server_waits_for_it(host: FakeHost, tmp_path: Path) -> None:
+    seen: list[object] = []
+
+    def run() -> None:  # no waiting for the FIFOs here: RemoteToggle must do it
+        t = bench_host.RemoteToggle(str(tmp_path / "ctl"), timeout=10)
+        seen.append(t.set(True))
+        t.close()
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.2)  # the server comes up late (this sleep is the condition under test, not a sync)
+    bench_host.serve(tmp_path / "ctl", os.getuid(), max_seconds=20)
+    th.join()
+    assert seen == [True] and host.on is False
+
+
 def test_no_server_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "ctl").mkdir()
     os.mkfifo(tmp_path / "ctl" / "req")
     os.mkfifo(tmp_path / "ctl" / "ack")
     with pytest.raises(RuntimeError, match="no favordynmods server"):
-        bench_host.RemoteToggle(str(tmp_path / "ctl"))
+        bench_host.RemoteToggle(str(tmp_path / "ctl"), connect_timeout=0.2)
