@@ -4,7 +4,8 @@ The probe wraps, in this process only and only while it runs, the functions a la
 up by name in whichever of supervisor.py / launch.py has them, so it fits today's code and an older copy):
 resolve_executable, open_session_log, fork_gated, scope_properties, the bus's start_transient_scope and
 drain (to see when JobRemoved arrives), GatedChild.release or open_gate + exec_failure (open the gate,
-wait for the exec): "release" below is from opening the gate until the exec was confirmed. For each
+wait for the exec). gate_open_to_return: from opening the gate until launch() returned (newer code returns
+before the exec is confirmed); gate_open_to_exec_confirmed: until the exec was. For each
 launch it also reads the manager's ActiveEnterTimestampMonotonic over a second connection: the moment the
 scope went active, i.e. the child was already inside the scope's cgroup.
 
@@ -130,10 +131,14 @@ def probe_launches(b: RalphBench, runs: int) -> dict[str, Any]:
             for name, (a, z) in rec.spans.items():
                 row[name] = z - a
             stu = rec.spans.get("start_transient_scope")
-            rel = rec.spans.get("release")
-            if rel is None and "open_gate" in rec.spans and "exec_failure" in rec.spans:
-                rel = (rec.spans["open_gate"][0], rec.spans["exec_failure"][1])
-                row["release"] = rel[1] - rel[0]
+            rel = rec.spans.get("release")  # older code: open the gate and wait for the exec, in one call
+            if rel is None and "open_gate" in rec.spans:
+                gate = rec.spans["open_gate"][0]
+                rel = (gate, gate)  # newer code: launch() may return before the exec is confirmed
+                if "exec_failure" in rec.spans:
+                    row["gate_open_to_exec_confirmed"] = rec.spans["exec_failure"][1] - gate
+            elif rel is not None:
+                row["gate_open_to_exec_confirmed"] = rel[1] - rel[0]
             jr = rec.marks.get("job_removed_seen")
             active = (st.active_enter_monotonic_us - t0_us) / 1e3 if st.active_enter_monotonic_us else float("nan")
             row["active_since_call"] = active
@@ -146,9 +151,9 @@ def probe_launches(b: RalphBench, runs: int) -> dict[str, Any]:
             if jr is not None:
                 row["active_to_jobremoved_seen"] = jr - active
                 if rel:
-                    row["jobremoved_to_release"] = rel[0] - jr
+                    row["jobremoved_to_gate_open"] = rel[0] - jr
             if rel:
-                row["after_release"] = total - rel[1]
+                row["gate_open_to_return"] = total - rel[0]
             rows.append(row)
     finally:
         _unpatch(undo)
