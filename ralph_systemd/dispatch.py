@@ -19,6 +19,7 @@ import enum
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Protocol
 
 from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
-from ralph_systemd.inotify import IN_MODIFY, Inotify
 from ralph_systemd.launch import Launch, LaunchError
 from ralph_systemd.journal_read import latest_output_us
 from ralph_systemd.logs import log_space_problem
@@ -68,6 +68,12 @@ class DispatchHost(Protocol):
     def adopt_orphan(self, pidfd: int, pid: int) -> None:
         """Take over a pidfd of a main process that outlived its scope: reap it whenever it exits."""
 
+    def watch_file(self, path: Path, callback: Callable[[], None]) -> int:
+        """Call callback() when the file is modified; returns a handle for unwatch_file. FileNotFoundError if
+        the file is gone, OSError if it cannot be watched."""
+
+    def unwatch_file(self, handle: int) -> None: ...
+
     def changed(self, d: Dispatch) -> None:
         """d changed phase (running, or done): wake whoever waits on it; drop it from routing when done."""
 
@@ -99,6 +105,9 @@ class Dispatch:
         self.log_path = log_path
         self.attached = attached  # re-attached: not our child, its exit code is not ours to see
         self.phase = Phase.STARTING
+        # Set by the transitions, for callers in other threads: each wakes only the waiters that care.
+        self.started_event = threading.Event()  # left STARTING (running, or done)
+        self.done_event = threading.Event()  # `result` is set
         self.pid: int | None = None
         self.invocation_id: str | None = None
         self.started = host.now()
@@ -125,7 +134,7 @@ class Dispatch:
         self._unit_gone = False  # the unit was not found when we looked (garbage-collected)
         self._holds_ref = False
         self.cgroup_dir: Path | None = None
-        self._cgroup_watch: Inotify | None = None
+        self._cgroup_watch: int | None = None  # the host's watch on the scope's cgroup.events
         # the ladder
         self.stop_reason: Status | None = None
         self.step = Termination.NATURAL  # how far the ladder has gone
@@ -238,6 +247,7 @@ class Dispatch:
                   pid=self.pid, log=self.log_path, output=spec.output, timeout_s=spec.timeout,
                   idle_timeout_s=spec.idle_timeout, grace_s=spec.grace, memory_max=spec.memory_max,
                   tasks_max=spec.tasks_max, cpu_quota=spec.cpu_quota)
+        self.started_event.set()
         self._host.changed(self)
         if self._ladder_pending:
             self._ladder_pending = False
@@ -454,19 +464,17 @@ class Dispatch:
             return True
         events = self.cgroup_dir / "cgroup.events"
         try:
-            self._cgroup_watch = Inotify(events, IN_MODIFY)
+            self._cgroup_watch = self._host.watch_file(events, self.on_cgroup_event)
         except FileNotFoundError:
             return False
         except OSError as e:  # e.g. out of inotify watches: the manager's signal still tells us
             log.debug("%s: no inotify watch on %s (%s)", self.unit, events, e)
             return True
-        self._host.add_reader(self._cgroup_watch.fd, self.on_cgroup_event)
         return cgroup_populated(events)  # it may have emptied before the watch existed
 
     def on_cgroup_event(self) -> None:
         if self._cgroup_watch is None or self.cgroup_dir is None or self.phase is Phase.DONE:
             return
-        self._cgroup_watch.drain()
         if self.main_exited and not cgroup_populated(self.cgroup_dir / "cgroup.events"):
             self._read_outcome()  # usually final already; if not, its signal finishes the dispatch
 
@@ -680,6 +688,8 @@ class Dispatch:
                       status=str(result.status), exit_code=result.exit_code, signal=result.signal_name,
                       termination=str(result.termination_method), systemd_result=result.systemd_result,
                       leftovers=result.leftovers_killed, duration_s=round(result.duration_s, 3))
+        self.started_event.set()
+        self.done_event.set()
         self._host.changed(self)
 
     def detach(self) -> None:
@@ -700,10 +710,12 @@ class Dispatch:
         """Free every fd this dispatch holds (the only place they are freed); safe to call more than once.
         A launch that is not complete (its exec unconfirmed) is undone: child killed, unit released, log
         removed."""
-        for fd in (self._exec_fd, self.child.pidfd if self.child is not None else -1,
-                   self._cgroup_watch.fd if self._cgroup_watch is not None else -1):
+        for fd in (self._exec_fd, self.child.pidfd if self.child is not None else -1):
             if fd is not None and fd >= 0:
                 self._host.remove_reader(fd)
+        if self._cgroup_watch is not None:
+            self._host.unwatch_file(self._cgroup_watch)
+            self._cgroup_watch = None
         self._exec_fd = None
         if self._launch is not None:
             self._launch.abort()
@@ -717,9 +729,6 @@ class Dispatch:
                 os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-        if self._cgroup_watch is not None:
-            self._cgroup_watch.close()
-            self._cgroup_watch = None
         self._term_deadline = self._idle_deadline = self._recheck_deadline = None
         self._stuck_deadline = self._start_deadline = None
 

@@ -8,6 +8,7 @@ Everything else (access denied, invalid args, unit exists, no such unit) surface
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -72,12 +73,28 @@ def retrying(budget_s: float = DEFAULT_RETRY_BUDGET_S,
 def call_with_retry(fn: Callable[[], T], budget_s: float = DEFAULT_RETRY_BUDGET_S,
                     before_retry: Callable[[BaseException], None] | None = None,
                     operation: str = "a D-Bus call") -> T:
-    """fn() under the policy; the last error is re-raised when the budget is spent."""
-    policy = retrying(budget_s, before_retry, operation)
+    """fn() under the policy; the last error is re-raised when the budget is spent.
+
+    The first attempt is a plain call: the policy (a tenacity.Retrying) is built only once it has failed
+    transiently, so the common case costs nothing extra (measured: 0.1 s per 256 launches otherwise)."""
+    started = time.monotonic()
     try:
-        return policy(fn)
+        return fn()
+    except TransientBusError as e:
+        first = e
+    replayed = False
+
+    def attempt() -> T:  # the policy's first attempt is the one that just failed: it waits, then retries
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first
+        return fn()
+
+    policy = retrying(max(0.0, budget_s - (time.monotonic() - started)), before_retry, operation)
+    try:
+        return policy(attempt)
     except TransientBusError as e:
         attempts = policy.statistics.get("attempt_number", 1)
-        if attempts > 1:
-            log.warning("%s still failing after %d attempts in %.1f s: %s", operation, attempts, budget_s, e)
+        log.warning("%s still failing after %d attempts in %.1f s: %s", operation, attempts, budget_s, e)
         raise

@@ -25,12 +25,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Literal, TypeVar
 
 from ralph_systemd.bus import NO_LIMIT, BusEvent, PystemdUserBus, SystemdBus, monotonic_us, unit_path
 from ralph_systemd.dispatch import Dispatch, Phase
 from ralph_systemd.evloop import EventLoop
+from ralph_systemd.inotify import IN_IGNORED, IN_MODIFY, Inotify
 from ralph_systemd.journal import Journal
 from ralph_systemd.inspect import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
@@ -55,6 +57,8 @@ class _Host:
         self.bus = bus
         self._loop = loop
         self._journal = Journal()
+        self._inotify: Inotify | None = None  # one instance for every dispatch's watch (see inotify.py)
+        self._watches: dict[int, Callable[[], None]] = {}
 
     def now(self) -> float:
         return time.monotonic()
@@ -67,6 +71,33 @@ class _Host:
 
     def adopt_orphan(self, pidfd: int, pid: int) -> None:
         self._sup._adopt_orphan(pidfd, pid)
+
+    def watch_file(self, path: Path, callback: Callable[[], None]) -> int:
+        if self._inotify is None:
+            self._inotify = Inotify()
+            self._loop.add_reader(self._inotify.fd, self._on_inotify)
+        wd = self._inotify.add_watch(path, IN_MODIFY)
+        self._watches[wd] = callback
+        return wd
+
+    def unwatch_file(self, handle: int) -> None:
+        if self._watches.pop(handle, None) is not None and self._inotify is not None:
+            self._inotify.rm_watch(handle)
+
+    def _on_inotify(self) -> None:
+        assert self._inotify is not None
+        for wd, mask in self._inotify.read():
+            callback = self._watches.get(wd)
+            if mask & IN_IGNORED:  # the watched file is gone (its cgroup was removed): so is the watch
+                self._watches.pop(wd, None)
+            if callback is not None:
+                callback()
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._loop.remove_reader(self._inotify.fd)
+            self._inotify.close()
+            self._inotify = None
 
     def changed(self, d: Dispatch) -> None:
         self._sup._changed(d)
@@ -171,9 +202,11 @@ class Supervisor:
         return fut.result()
 
     def _changed(self, d: Dispatch) -> None:
-        if d.phase is Phase.DONE and self._live.get(d.path) is d:
+        if d.phase is not Phase.DONE:
+            return  # a launch's waiter is woken by d.started_event alone
+        if self._live.get(d.path) is d:
             del self._live[d.path]
-        with self._cond:
+        with self._cond:  # for wait_any / as_completed over several dispatches
             self._cond.notify_all()
 
     def _wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
@@ -197,9 +230,11 @@ class Supervisor:
         self._check_open()
         dispatches = [Dispatch(self._host_or_raise(), self, ticket=s.ticket, session=s.session, unit=s.unit,
                                spec=s) for s in specs]
-        self._call(lambda: self._enqueue(dispatches))
-        if not self._wait_for(lambda: all(d.phase is not Phase.STARTING for d in dispatches), None):
-            raise RuntimeError("the supervisor's loop thread has ended (see the log for why)")
+        # Handed over without waiting for an answer: the caller sleeps until the launches are done, and the
+        # loop thread is not made to hand the GIL back and forth with it in between.
+        self._loop.call_soon_threadsafe(lambda: self._enqueue(dispatches))
+        for d in reversed(dispatches):  # started in order: once the last has, the others mostly have too
+            d.started_event.wait()
         return dispatches
 
     def _host_or_raise(self) -> _Host:
@@ -303,9 +338,7 @@ class Supervisor:
 
     def wait(self, d: Dispatch, timeout: float | None = None) -> DispatchResult:
         """Block until d has a result; TimeoutError (d keeps running) if `timeout` seconds pass first."""
-        if not self._wait_for(lambda: d.result is not None, timeout):
-            if not self._thread.is_alive() and d.result is None:
-                raise RuntimeError("the supervisor's loop thread has ended (see the log for why)")
+        if not d.done_event.wait(timeout):
             raise TimeoutError(f"{d.unit} still running after {timeout} s")
         assert d.result is not None
         return d.result
@@ -383,24 +416,29 @@ class Supervisor:
         if self._pending:
             self._start_next()
         self._handle_bus()
-        now = time.monotonic()
-        self._fire_timers(now)
+        nearest = self._fire_timers(time.monotonic())
         if self._pending or self._closing:
             timeout: float | None = 0.0
         else:
-            timers = [t for t in (d.next_deadline() for d in self._live.values()) if t is not None]
             if self._bus_retry_at is not None:
-                timers.append(self._bus_retry_at)
-            timeout = max(0.0, min(timers) - time.monotonic()) if timers else None
+                nearest = self._bus_retry_at if nearest is None else min(nearest, self._bus_retry_at)
+            timeout = None if nearest is None else max(0.0, nearest - time.monotonic())
         self._loop.run_once(timeout)
 
-    def _fire_timers(self, now: float) -> None:
+    def _fire_timers(self, now: float) -> float | None:
+        """Fire what is due; return the nearest deadline left (one pass over the live dispatches)."""
+        nearest = None
         for d in list(self._live.values()):
             deadline = d.next_deadline()
             if deadline is not None and now >= deadline:
                 d.fire_timers(now)
+                deadline = d.next_deadline()
+            if deadline is not None and (nearest is None or deadline < nearest):
+                nearest = deadline
+        return nearest
 
     def _shutdown_in_loop(self) -> None:
+        self._loop.run_calls()  # e.g. a launch handed over just before the close: it ends detached, not lost
         self._detach_all()
         for pidfd in list(self._orphans):
             self._loop.remove_reader(pidfd)
@@ -411,6 +449,7 @@ class Supervisor:
         if self._bus_fd >= 0:
             self._loop.remove_reader(self._bus_fd)
         if self._host is not None:
+            self._host.close()
             self._host.bus.close()
         with self._cond:
             self._cond.notify_all()

@@ -65,6 +65,7 @@ class ScriptedHost:
         self.clock = 1000.0
         self.readers: dict[int, Callable[[], None]] = {}
         self.orphans: dict[int, int] = {}
+        self.watches: dict[int, Callable[[], None]] = {}
         self.events: list[str] = []
 
     def now(self) -> float:
@@ -78,6 +79,13 @@ class ScriptedHost:
 
     def adopt_orphan(self, pidfd: int, pid: int) -> None:
         self.orphans[pidfd] = pid
+
+    def watch_file(self, path: Path, callback: Callable[[], None]) -> int:
+        self.watches[len(self.watches) + 1] = callback
+        return len(self.watches)
+
+    def unwatch_file(self, handle: int) -> None:
+        self.watches.pop(handle, None)
 
     def changed(self, d: Dispatch) -> None:
         pass
