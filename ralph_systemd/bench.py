@@ -76,7 +76,7 @@ class Floor:
     """
 
     def __init__(self, workdir: Path) -> None:
-        self.bus = PystemdUserBus()
+        self.bus = PystemdUserBus(all_units=True)  # its scopes are not named ralph-*
         self._pending: list[BusEvent] = []
         self.workdir = workdir
 

@@ -223,8 +223,11 @@ NO_USER_BUS_HINT = (
 class PystemdUserBus:
     """SystemdBus over one pystemd connection to the user bus. Not thread-safe: one owner thread."""
 
-    def __init__(self, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> None:
+    def __init__(self, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, *, all_units: bool = False) -> None:
+        """all_units: decode every unit's PropertiesChanged, not only those of `ralph-*` units (a client
+        following units of other names, such as the benchmark's bare floor client)."""
         self._retry_budget_s = retry_budget_s
+        self._followed = UNIT_PATH_PREFIX if all_units else OUR_UNITS
         self._events: list[tuple[str, BusEvent]] = []  # (sender, event) until drain() checks the sender
         self._refs: set[str] = set()
         self._manager_names: set[str] = set()
@@ -472,7 +475,7 @@ class PystemdUserBus:
             # Every unit's PropertiesChanged reaches us (Subscribe): decode only those of our scopes. The
             # header is readable without decoding the body, which costs most (measured: a third of the loop
             # thread's time in a 256-dispatch fan-out went to other units' signals).
-            if msg.get_member() == b"PropertiesChanged" and not (msg.get_path() or b"").startswith(OUR_UNITS):
+            if msg.get_member() == b"PropertiesChanged" and not (msg.get_path() or b"").startswith(self._followed):
                 return
             msg.process_reply(True)
             member = _s(msg.headers.get("Member") or b"")
