@@ -236,18 +236,21 @@ class Dispatch:
             self._idle_deadline = now + self.idle_timeout
         self._check_log_space()
         spec = self.spec
-        if self.invocation_id is None:  # usually known from the scope's PropertiesChanged by now
+        if self.invocation_id is None and spec.output == "journal":
+            # `logs` finds a journal-mode session's lines by the invocation ID on its launched line. (It is
+            # usually known from the scope's PropertiesChanged by now; elsewhere it arrives later.)
             try:
                 self.invocation_id = self._host.bus.invocation_id(self.unit) or None
             except BusError as e:
                 log.debug("%s: InvocationID: %s", self.unit, e)
+        self.started_event.set()  # launch() returns now; the operator's line below is not on its path
+        time.sleep(0)  # let the woken caller take the GIL now, not at our next blocking call (~1.5 ms later)
         where = "the journal" if spec.output == "journal" else f"log {self.log_path}"
         self._say("launched", f"launched {spec.describe()} (output to {where}, timeout {_secs(spec.timeout)}, "
                   f"idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
                   pid=self.pid, log=self.log_path, output=spec.output, timeout_s=spec.timeout,
                   idle_timeout_s=spec.idle_timeout, grace_s=spec.grace, memory_max=spec.memory_max,
                   tasks_max=spec.tasks_max, cpu_quota=spec.cpu_quota)
-        self.started_event.set()
         self._host.changed(self)
         if self._ladder_pending:
             self._ladder_pending = False
