@@ -1,5 +1,5 @@
 #!/bin/sh
-# Provision a Debian 12 system (the test-bed container or the Vagrant VM) to run ralph-systemd's tests.
+# Provision a Debian 12 or 13 system (the test-bed container or the Vagrant VM) to run ralph-systemd's tests.
 # Runs as root inside the guest. Idempotent: what is already there is left alone.
 #   provision.sh USER SRC VENV
 #   USER  unprivileged user that runs the tests (created with lingering if missing)
