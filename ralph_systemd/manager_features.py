@@ -1,6 +1,7 @@
 """What a systemd manager supports, from its `Version` property: pure, no D-Bus.
 
-The project supports systemd 252 (Debian 12) and newer and is tested on 252 and 257 (Debian 13). Newer
+The project supports systemd 244 and newer (244 gave scopes RuntimeMaxSec=) and is tested on 252 (Debian 12)
+and 257 (Debian 13). Newer
 managers offer better mechanisms for some of what we do; this module says which, from the version
 string the manager reports (`org.freedesktop.systemd1.Manager.Version`, e.g. "252.30-1~deb12u2",
 "257.13-1", "255.4-1ubuntu8", "258.2-1.fc43"), so callers can use them where they exist and keep the
@@ -12,8 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-OLDEST_SUPPORTED = 252
-"""The oldest manager the project supports (and tests: Debian 12's)."""
+OLDEST_SUPPORTED = 244
+"""The oldest manager the project supports: NEWS 244, "RuntimeMaxSec= is now supported by scopes"."""
+OLDEST_TESTED = 252
+"""The oldest manager CI runs the integration suite on (Debian 12's)."""
 
 SCOPE_OOM_POLICY = 253
 """NEWS 253: "Scope units now support OOMPolicy=" (before, a scope's OOM handling was not settable)."""
@@ -55,7 +58,7 @@ class ManagerFeatures:
 
     @property
     def supported(self) -> bool:
-        """Whether the project supports this manager at all (252 or newer)."""
+        """Whether the project supports this manager at all (244 or newer)."""
         return self.version.major >= OLDEST_SUPPORTED
 
     @property

@@ -54,4 +54,4 @@ def test_each_gate_opens_at_its_release(version: str, pidfds: bool, oom: bool) -
 def test_unparseable_or_old_manager_gets_the_portable_path() -> None:
     f = features("patched-build")
     assert f.version.major == OLDEST_SUPPORTED and f.supported and not f.scope_pidfds
-    assert not features("249.11").supported
+    assert features("249.11").supported and not features("243.9").supported
