@@ -5,7 +5,9 @@ and 257 (Debian 13). Newer
 managers offer better mechanisms for some of what we do; this module says which, from the version
 string the manager reports (`org.freedesktop.systemd1.Manager.Version`, e.g. "252.30-1~deb12u2",
 "257.13-1", "255.4-1ubuntu8", "258.2-1.fc43"), so callers can use them where they exist and keep the
-old path elsewhere. Each gate names the release whose NEWS announced the feature.
+old path elsewhere. Each gate names the release whose NEWS announced the feature; a True is a guarantee, a False
+below it is conservative (a distribution's stable series may carry a backport), and the integration test
+`test_bed.py` checks each gate against the real managers CI runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ OLDEST_TESTED = 252
 """The oldest manager CI runs the integration suite on (Debian 12's)."""
 
 SCOPE_OOM_POLICY = 253
-"""NEWS 253: "Scope units now support OOMPolicy=" (before, a scope's OOM handling was not settable)."""
+"""NEWS 253: "Scope units now support OOMPolicy=". Stable series may have it earlier: Debian 12's 252.39 accepts
+it and reports it on the Scope interface (measured), so below 253 `scope_oom_policy` means "not known to"."""
 GET_UNIT_BY_PIDFD = 253
 """NEWS 253: Manager.GetUnitByPIDFD(h), process ownership by pidfd, safe against PID recycling."""
 QUEUE_SIGNAL = 254
@@ -68,7 +71,8 @@ class ManagerFeatures:
 
     @property
     def scope_oom_policy(self) -> bool:
-        """A scope accepts `OOMPolicy=` (stop, kill or continue after the kernel's OOM killer struck in it)."""
+        """A scope surely accepts `OOMPolicy=` (stop, kill or continue after the kernel's OOM killer struck in
+        it). False below 253 means only "not guaranteed": some 252 builds have it (see SCOPE_OOM_POLICY)."""
         return self.version.major >= SCOPE_OOM_POLICY
 
     @property
