@@ -26,8 +26,8 @@ fi
 mkdir -p /var/lib/systemd/linger
 touch "/var/lib/systemd/linger/$user"     # = loginctl enable-linger: user@UID.service starts at boot
 
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+if [ ! -x "$venv/bin/python" ] || [ ! -x "$venv/bin/pip" ]; then
+    python3 -m venv --clear "$venv"      # --clear: a venv left half-made by an interrupted run is redone
 fi
 # Editable install: the checkout is read through a .pth file, so edits need no reinstall.
 # (pystemd has no wheels: it is compiled here against libsystemd-dev.)
