@@ -10,7 +10,7 @@ user=${1:?user}; src=${2:?src}; venv=${3:?venv}
 
 need=""
 for pkg in systemd systemd-sysv dbus dbus-user-session libpam-systemd python3 python3-venv python3-dev \
-           procps libsystemd-dev pkg-config gcc libc6-dev; do
+           procps libsystemd-dev pkg-config gcc libc6-dev git; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
@@ -32,5 +32,5 @@ fi
 # Editable install: the checkout is read through a .pth file, so edits need no reinstall.
 # (pystemd has no wheels: it is compiled here against libsystemd-dev.)
 "$venv/bin/pip" install -q --disable-pip-version-check -e "$src[test]"
-"$venv/bin/python" -c 'import pystemd, tenacity, pytest, hypothesis, ralph_systemd' 
+"$venv/bin/python" -c 'import pystemd, systemd.journal, tenacity, pytest, hypothesis, ralph_systemd' 
 echo "provision: ok ($venv)"
