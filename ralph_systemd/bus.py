@@ -113,7 +113,7 @@ class SystemdBus(Protocol):
 
     def fileno(self) -> int: ...
 
-    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str: ...
+    def start_transient_scope(self, name: str, properties: Sequence[Property], pids: Sequence[int] = ()) -> str: ...
 
     def unit_state(self, name: str) -> UnitState: ...
 
@@ -122,6 +122,8 @@ class SystemdBus(Protocol):
     def unit_outcome(self, name: str) -> tuple[str, str, str]: ...
 
     def invocation_id(self, name: str) -> str: ...
+
+    def manager_version(self) -> str: ...
 
     def stop_unit(self, name: str) -> None: ...
 
@@ -337,11 +339,13 @@ class PystemdUserBus:
                                self._retry_budget_s, self._reconnect,
                                operation=_operation(iface, method, path, args))
 
-    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
-        """StartTransientUnit; returns the job path, or "" when the job is not known (see below)."""
+    def start_transient_scope(self, name: str, properties: Sequence[Property], pids: Sequence[int] = ()) -> str:
+        """StartTransientUnit; returns the job path, or "" when the job is not known (see below). `pids`: the
+        processes the scope is made for, when they are given as PIDFDs (to recognise our own scope after a
+        lost reply)."""
         from pystemd.dbuslib import apply_signature
 
-        pids = [int(p) for prop, _, value in properties if prop == "PIDs" for p in value]
+        pids = list(pids) or [int(p) for prop, _, value in properties if prop == "PIDs" for p in value]
         attempts = 0
 
         def call() -> Any:
@@ -418,6 +422,10 @@ class PystemdUserBus:
         result = _s(self._call(PROPS_IFACE, path, b"Get", b"ss", [SCOPE_IFACE, b"Result"]))
         inv = self._call(PROPS_IFACE, path, b"Get", b"ss", [UNIT_IFACE, b"InvocationID"])
         return active, result, bytes(inv or b"").hex()
+
+    def manager_version(self) -> str:
+        """The manager's Version property, e.g. "257.13-1" (what it can do depends on it)."""
+        return _s(self._call(PROPS_IFACE, MANAGER_PATH, b"Get", b"ss", [MANAGER_IFACE, b"Version"]))
 
     def invocation_id(self, name: str) -> str:
         """The unit's InvocationID (hex), one small Get."""

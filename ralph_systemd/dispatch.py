@@ -31,6 +31,7 @@ from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, pr
 from ralph_systemd.launch import Launch, LaunchError
 from ralph_systemd.journal_read import latest_output_us
 from ralph_systemd.logs import log_space_problem
+from ralph_systemd.manager_features import ManagerFeatures
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.retry import BusError
 from ralph_systemd.scope import facts_from_unit
@@ -64,6 +65,10 @@ class DispatchHost(Protocol):
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
 
     def remove_reader(self, fd: int) -> None: ...
+
+    @property
+    def features(self) -> ManagerFeatures:
+        """What the user manager can do (from its version)."""
 
     def adopt_orphan(self, pidfd: int, pid: int) -> None:
         """Take over a pidfd of a main process that outlived its scope: reap it whenever it exits."""
@@ -183,7 +188,7 @@ class Dispatch:
         nothing left behind."""
         assert self.spec is not None and self.phase is Phase.STARTING
         spec = self.spec
-        self._launch = Launch(spec, self._host.bus)
+        self._launch = Launch(spec, self._host.bus, use_pidfds=self._host.features.scope_pidfds)
         try:
             job = self._launch.start()
         except LaunchError as e:

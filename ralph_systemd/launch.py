@@ -35,14 +35,19 @@ class LaunchError(Exception):
     """The dispatch could not be launched; the message says why (and nothing of it is left behind)."""
 
 
-def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: str) -> list[Property]:
+def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: str,
+                     pidfd: int | None = None) -> list[Property]:
+    """The scope's properties. With `pidfd` (managers >= 255) the child is named by its pidfd, not its PID:
+    if the PID were reused before the manager acts on it, a stranger could land in our scope; a pidfd
+    refers to our child or to nothing (measured on 252/257: with a PID the manager moves the new owner of
+    the PID into the scope; with a PIDFD the call fails)."""
     props: list[Property] = [
         ("Description", "s", spec.describe().encode()),
         # The log file, as a file:// URI: `systemctl --user status` shows it as "Docs:", and a new
         # supervisor re-attaching after our death reads it back from here.
         ("Documentation", "as", [log_uri(log_path).encode()]),
         ("Slice", "s", spec.slice.encode()),
-        ("PIDs", "au", [pid]),
+        ("PIDFDs", "ah", [pidfd]) if pidfd is not None else ("PIDs", "au", [pid]),
         ("AddRef", "b", True),  # keep the unit (and its Result) until we Unref it
         ("CollectMode", "s", b"inactive-or-failed"),  # ...and then never leave it behind, failed or not
         ("KillMode", "s", b"control-group"),
@@ -65,9 +70,10 @@ def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: st
 class Launch:
     """The launch of one spec, from nothing to a session that has exec'ed inside its scope."""
 
-    def __init__(self, spec: DispatchSpec, bus: SystemdBus) -> None:
+    def __init__(self, spec: DispatchSpec, bus: SystemdBus, *, use_pidfds: bool = False) -> None:
         self.spec = spec
         self._bus = bus
+        self._use_pidfds = use_pidfds
         self._undo = contextlib.ExitStack()
         self.child: GatedChild | None = None
         self.log_path: str | None = None
@@ -99,7 +105,8 @@ class Launch:
             self.child = child
             self._undo.callback(child.abort)
             job = self._bus.start_transient_scope(
-                spec.unit, scope_properties(spec, child.pid, self._bus.unique_name, self.log_path))
+                spec.unit, scope_properties(spec, child.pid, self._bus.unique_name, self.log_path,
+                                            child.pidfd if self._use_pidfds else None), pids=[child.pid])
             self._undo.callback(self._bus.unref_unit, spec.unit)
             return job
         except BaseException:

@@ -34,6 +34,7 @@ from ralph_systemd.dispatch import Dispatch, Phase
 from ralph_systemd.evloop import EventLoop
 from ralph_systemd.inotify import IN_IGNORED, IN_MODIFY, Inotify
 from ralph_systemd.journal import Journal
+from ralph_systemd.manager_features import ManagerFeatures, features
 from ralph_systemd.inspect import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.retry import BusError
@@ -55,6 +56,7 @@ class _Host:
     def __init__(self, supervisor: Supervisor, bus: SystemdBus, loop: EventLoop) -> None:
         self._sup = supervisor
         self.bus = bus
+        self.features = features(bus.manager_version())
         self._loop = loop
         self._journal = Journal()
         self._inotify: Inotify | None = None  # one instance for every dispatch's watch (see inotify.py)
@@ -173,6 +175,11 @@ class Supervisor:
     def _check_open(self) -> None:
         if self._closed or self._closing:
             raise RuntimeError("this Supervisor is closed")
+
+    @property
+    def features(self) -> ManagerFeatures:
+        """What the user manager can do (its version decides: e.g. scopes made with PIDFDs from 255 on)."""
+        return self._host_or_raise().features
 
     @property
     def live(self) -> list[Dispatch]:

@@ -291,3 +291,16 @@ def test_launcher_dead_the_timeout_still_sends_sigterm_first(tmp_path: Path) -> 
     assert "TERM" in ev, "systemd must SIGTERM the session before its SIGKILL when the controller is gone"
     assert 0.5 <= ev["TERM"] - ev["START"] <= 3.5  # at the 2 s timeout (START is logged after startup)
     assert not alive(int(session_pid))
+
+
+def test_the_scope_is_made_with_a_pidfd_where_the_manager_takes_one(tmp_path: Path) -> None:
+    """systemd >= 255 takes the child as a pidfd (a reused PID can then never put a stranger in the scope);
+    older managers get its PID. Either way the session runs inside its own scope."""
+    version = subprocess.run(["systemctl", "--user", "show", "-p", "Version", "--value"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    major = int(version.split(".")[0].split("~")[0])
+    with Supervisor() as sup:
+        assert sup.features.scope_pidfds == (major >= 255), version
+        r = sup.wait(sup.launch(spec(tmp_path, ["sh", "-c", "cat /proc/self/cgroup"], "pidfd")), timeout=30)
+    assert r.status is Status.COMPLETED, r
+    assert Path(r.log_path or "").read_text().rstrip().endswith("/" + r.unit)

@@ -32,7 +32,7 @@ class NullBus:
     def fileno(self) -> int:
         return self.r
 
-    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
+    def start_transient_scope(self, name: str, properties: Sequence[Property], pids: Sequence[int] = ()) -> str:
         raise AssertionError("not used")
 
     def unit_state(self, name: str) -> UnitState:
@@ -46,6 +46,9 @@ class NullBus:
 
     def invocation_id(self, name: str) -> str:
         return "ab" * 16
+
+    def manager_version(self) -> str:
+        return "252.39-1~deb12u1"
 
     def stop_unit(self, name: str) -> None: ...
 

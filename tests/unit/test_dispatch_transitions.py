@@ -18,6 +18,7 @@ import pytest
 
 from ralph_systemd.bus import Property, UnitState
 from ralph_systemd.dispatch import STUCK_AFTER_S, Dispatch, Phase
+from ralph_systemd.manager_features import features
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.spec import DispatchSpec
 
@@ -35,8 +36,9 @@ class ScriptedBus(NullBus):
         self.result = "success"
         self.refs: set[str] = set()
 
-    def start_transient_scope(self, name: str, properties: Sequence[Property]) -> str:
+    def start_transient_scope(self, name: str, properties: Sequence[Property], pids: Sequence[int] = ()) -> str:
         self.calls.append(("start", name))
+        self.properties = {prop: value for prop, _, value in properties}
         self.refs.add(name)
         return "/job/1"
 
@@ -60,8 +62,9 @@ class ScriptedBus(NullBus):
 class ScriptedHost:
     """The loop around a Dispatch: a clock the test moves, readers the test fires."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "252.39-1~deb12u1") -> None:
         self.bus = ScriptedBus()
+        self.features = features(version)
         self.clock = 1000.0
         self.readers: dict[int, Callable[[], None]] = {}
         self.orphans: dict[int, int] = {}
@@ -286,3 +289,22 @@ def test_forged_events_for_units_we_do_not_follow_change_nothing(tmp_path: Path)
     d.on_unit_changed({"ActiveState": "failed"})
     assert d.result.status is Status.COMPLETED and d.stop_reason is None
 
+
+
+@pytest.mark.parametrize("version, by_pidfd", [("252.39-1~deb12u1", False), ("257.13-1", True)])
+def test_the_child_is_named_by_pidfd_where_the_manager_takes_one(tmp_path: Path, version: str, by_pidfd: bool) -> None:
+    host = ScriptedHost(version)
+    spec = DispatchSpec(argv=["sleep", "60"], ticket="t-pidfd", cwd=tmp_path, log_dir=tmp_path / "logs")
+    d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
+    d.start_launch()
+    props = host.bus.properties
+    if by_pidfd:  # a pidfd is our child or nothing: a reused PID cannot put a stranger in the scope
+        assert "PIDs" not in props and props["PIDFDs"] == [pidfd_of_launch(d)]
+    else:
+        assert "PIDFDs" not in props and props["PIDs"] == [d.pid]
+    d.close()
+
+
+def pidfd_of_launch(d: Dispatch) -> int:
+    assert d._launch is not None and d._launch.child is not None
+    return d._launch.child.pidfd
