@@ -28,7 +28,18 @@ def _user_manager_problem() -> str | None:
     return None
 
 
+# Checks whose figures belong in the reliability table: `./dev faults` runs them with the slow ones.
+RELIABILITY_MODULES = ("test_loop_thread.py", "test_operator_safety.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "reliability: a row of the reliability table (./dev faults runs these too)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in RELIABILITY_MODULES:
+            item.add_marker(pytest.mark.reliability)
     problem = _user_manager_problem()
     if problem is None:
         return

@@ -170,32 +170,55 @@ def test_an_escaped_daemon_killed_by_the_final_sigkill_is_counted(tmp_path: Path
     assert r.leftovers_killed == 1
 
 
+# The main process exits and leaves a daemon deaf to SIGTERM: the dispatch is then in its last phase, with a
+# watch on the scope's cgroup, when it is detached (the case a reading of the old code suspected of leaking).
+# (The main process waits, on the FIFO in $0, until the daemon has set its trap: our SIGTERM must not win.)
+LEFTOVER = "setsid sh -c 'trap \"\" TERM; echo >\"$0\"; exec sleep 60' \"$0\" </dev/null >/dev/null 2>&1 & read x <\"$0\""
+
+
 def _detach_attach_cycles(tmp_path: Path, cycles: int) -> tuple[int, int]:
-    """FDs of this process before and after `cycles` launch / detach / attach / stop rounds."""
+    """FDs of this process before and after `cycles` launch / detach / attach / stop rounds, half of them
+    detached while waiting for a leftover process (a cgroup watch held), half while the session runs."""
     def fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
-    def one() -> None:
+    def one(i: int) -> None:
         sup = Supervisor()
         sup.handle_signals(action="detach")
-        d = sup.launch(DispatchSpec(argv=["sleep", "60"], ticket=ticket("det"), cwd=tmp_path, log_dir=tmp_path,
-                                    timeout=60, grace=2))
+        seen = _Seen("left in the scope")
+        logger = logging.getLogger("ralph_systemd")
+        level = logger.level
+        logger.setLevel(logging.INFO)  # the lifecycle lines are at INFO
+        logger.addHandler(seen)
+        try:
+            ready = tmp_path / f"ready-{uuid.uuid4().hex[:8]}"
+            os.mkfifo(ready)
+            argv = ["sh", "-c", LEFTOVER, str(ready)] if i % 2 else ["sleep", "60"]
+            d = sup.launch(DispatchSpec(argv=argv, ticket=ticket("det"), cwd=tmp_path, log_dir=tmp_path,
+                                        timeout=60, grace=20))
+            if i % 2:
+                assert seen.event.wait(10), "the session's leftover was never seen"
+        finally:
+            logger.removeHandler(seen)
+            logger.setLevel(level)
         os.kill(os.getpid(), 15)  # SIGTERM to us: detach, as a Ralph being restarted would
         r = sup.wait(d, timeout=10)
         assert r.status is Status.RUNNING
         sup.close()
         with Supervisor() as again:
             a = again.attach(d.unit)
+            again.kill(a, 9)  # the leftover is deaf to SIGTERM: do not wait out the grace
             again.stop(a)
-            assert again.wait(a, timeout=30).status is Status.STOPPED
+            assert again.wait(a, timeout=30).status in (Status.STOPPED, Status.UNKNOWN)
 
     import signal
     old = signal.getsignal(signal.SIGTERM)
     try:
-        one()  # warm-up: imports, caches
+        one(0)  # warm-up: imports, caches
+        one(1)
         before = fds()
-        for _ in range(cycles):
-            one()
+        for i in range(cycles):
+            one(i)
         return before, fds()
     finally:
         signal.signal(signal.SIGTERM, old)
