@@ -339,6 +339,11 @@ class Dispatch:
         """The manager asks us, the scope's Controller, to stop it (RuntimeMaxSec, anyone's stop)."""
         if self.phase is Phase.DONE:
             return
+        if self.main_exited and not self.attached:
+            # The session ended by itself (its own exit status decides); this stop is for what it left in the
+            # scope, whoever asked: the "leftovers" line said so already.
+            self._ladder_start()
+            return
         if self.stop_reason is None:
             self.stop_reason = self._why_stopped()
             self._say("stop-requested", f"systemd stops the scope ({self.stop_reason}): EOF, then SIGTERM, then "
