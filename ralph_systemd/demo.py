@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph_systemd import journal
+from ralph_systemd.journal_read import wait_for_entry
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.spec import DispatchSpec, default_log_dir
 from ralph_systemd.dispatch import Dispatch
@@ -116,6 +117,7 @@ def show_journal(out: Out, unit: str, ticket: str) -> None:
     """After the end the unit is gone; the journal still has its story (our lines, attributed to it)."""
     out.line()
     out.line(out.c("bold", f"  After it ended: journalctl --user -u {unit}   ({ticket})"))
+    wait_for_entry(3.0, RALPH_TICKET=ticket, RALPH_EVENT="result")  # journald stores it a moment after it is sent
     r = subprocess.run(["journalctl", "--user", "--no-pager", "--no-hostname", "-o", "short", "-u", unit],
                        capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0"})
     lines = (r.stdout or r.stderr).rstrip().splitlines()

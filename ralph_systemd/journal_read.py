@@ -303,3 +303,26 @@ def iter_entries(**matches: str) -> Iterator[dict[str, Any]]:
             yield e
     finally:
         r.close()
+
+
+def wait_for_entry(timeout: float, **matches: str) -> bool:
+    """Block until the user's journal has an entry matching all `matches` (journald stores a line a moment
+    after it was sent); False after `timeout` s or when the journal cannot be read. Waits on the journal's
+    own fd, no polling."""
+    try:
+        r = _reader()
+    except OSError:
+        return False
+    try:
+        r.fileno()  # the inotify watches exist from here on: nothing written after this goes unannounced
+        r.add_match(**matches)
+        r.seek_head()
+        deadline = time.monotonic() + timeout
+        while r.get_next() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r.wait(left)
+        return True
+    finally:
+        r.close()
