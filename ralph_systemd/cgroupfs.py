@@ -11,14 +11,26 @@ from pathlib import Path
 _MOUNTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 
 
-def cgroup_dir_of(pid: int) -> Path | None:
-    """The cgroup2 directory the process is in, or None if it cannot be read."""
+def cgroup_path_of(pid: int) -> str | None:
+    """The process's cgroup2 path (`/user.slice/.../ralph-x.scope`, from /proc/PID/cgroup), or None."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
     rel = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if not rel or rel == "/":
+    return rel if rel and rel != "/" else None
+
+
+def unit_of(pid: int) -> str | None:
+    """The unit whose cgroup the process is directly in (its path's last part), or None."""
+    rel = cgroup_path_of(pid)
+    return rel.rsplit("/", 1)[-1] if rel else None
+
+
+def cgroup_dir_of(pid: int) -> Path | None:
+    """The cgroup2 directory the process is in, or None if it cannot be read."""
+    rel = cgroup_path_of(pid)
+    if rel is None:
         return None
     for mount in _MOUNTS:
         d = mount / rel.lstrip("/")

@@ -371,7 +371,7 @@ class Dispatch:
                 if self.eof_grace <= 0:
                     self._ladder_term()
         else:
-            self._kill_all(signal.SIGTERM)
+            self.kill(signal.SIGTERM)
 
     def _ladder_term(self) -> None:
         self._term_deadline = None
@@ -396,9 +396,6 @@ class Dispatch:
 
     def kill(self, signum: int) -> None:
         """Send signum to every process in the scope now (e.g. SIGKILL to end a grace early)."""
-        self._kill_all(signum)
-
-    def _kill_all(self, signum: int) -> None:
         try:
             self._host.bus.kill_unit(self.unit, "all", signum)
         except BusError as e:
@@ -461,7 +458,7 @@ class Dispatch:
             self.leftovers = max(self.leftovers, len(procs))
             self._say("leftovers", f"main process ended; {len(procs)} process(es) left in the scope: stopping them",
                       leftovers=len(procs))
-            self._kill_all(signal.SIGTERM)
+            self.kill(signal.SIGTERM)
             try:
                 self._host.bus.stop_unit(self.unit)  # systemd SIGKILLs what ignores SIGTERM after the grace
             except BusError as e:

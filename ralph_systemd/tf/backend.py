@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ralph_systemd.cgroupfs import unit_of
 from ralph_systemd.dispatch import Dispatch
-from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX
+from ralph_systemd.naming import is_unit_name_of_ours
 from ralph_systemd.result import DispatchResult as NativeResult
 from ralph_systemd.result import Status
 from ralph_systemd.retry import BusError
@@ -65,16 +66,9 @@ class _Say:
 
 
 def unit_of_pid(pid: int) -> str | None:
-    """The ralph-* scope a process lives in (from /proc/PID/cgroup), or None."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        name = line.rsplit("/", 1)[-1]
-        if name.startswith(UNIT_PREFIX) and name.endswith(UNIT_SUFFIX):
-            return name
-    return None
+    """The ralph-* scope a process lives in, or None."""
+    unit = unit_of(pid)
+    return unit if unit is not None and is_unit_name_of_ours(unit) else None
 
 
 @dataclass
