@@ -25,7 +25,7 @@ from ralph_systemd.cli_ops import (
     cmd_stop,
 )
 from ralph_systemd.cli_format import drop_stdout, one_line
-from ralph_systemd.cli_run import EXIT_LAUNCH_FAILED, RunError, cmd_run
+from ralph_systemd.cli_run import EXIT_LAUNCH_FAILED, RunError, cmd_run, parse_stdin
 from ralph_systemd.durations import DURATION_HELP, parse_count, parse_duration, parse_percent, parse_size
 from ralph_systemd.retry import BusError
 
@@ -54,14 +54,18 @@ terminal, or with -v. --json prints one JSON document on stdout. Errors go to st
 """
 
 RUN_DESCRIPTION = """\
-Launch one dispatch: CMD runs in its own transient scope ralph-<ticket>.scope under ralph.slice, its output
-in a private log file. Waits for it and exits with its exit code (see below); with --detach it prints the
-ticket, unit, session and log path and leaves it running, bounded by --timeout (enforced by systemd).
-The ticket defaults to the program's name plus 6 random hex digits, e.g. `sleep.3f9a1c`.
+Launch one dispatch: CMD runs in its own transient scope ralph-<project key>-<ticket>.scope under
+ralph.slice, its output in a private log file. Waits for it and exits with its exit code (see below); with
+--detach it prints the ticket, unit, session and log path and leaves it running, bounded by --timeout
+(enforced by systemd). The ticket defaults to the program's name plus 6 random hex digits, e.g. `sleep.3f9a1c`.
 Time spans are systemd's: 90, 90s, 500ms, 5min, 1h 30min, 2d. Sizes are 1024-based: 512M, 2G.
-Ctrl-C (or SIGTERM) stops the session with the ladder: EOF on its stdin, SIGTERM, SIGKILL after --grace.
-With --detach the session's stdin is at EOF once we return (nobody is left to write to it), and a stop
-(`ralph-systemd stop`, --timeout) is systemd's alone: SIGTERM to every process, SIGKILL after --grace.
+The session's stdin (--stdin) is /dev/null by default, at EOF from the start as systemd starts a service:
+a print-mode agent (`pi -p`, `claude -p`) reads piped stdin to its end before it starts, so an open stdin
+would hang it. `--stdin text:TEXT` or `file:PATH` gives it input, then EOF; `--stdin pipe` keeps an open
+pipe for an interactive session, and closing it (EOF) becomes the ladder's first step.
+Ctrl-C (or SIGTERM) stops the session with the ladder: SIGTERM (after EOF with --stdin pipe), SIGKILL after
+--grace. With --detach a stop (`ralph-systemd stop`, --timeout) is systemd's alone: SIGTERM to every
+process, SIGKILL after --grace.
 """
 
 
@@ -87,6 +91,7 @@ TIMEOUT = _arg_type(lambda t: parse_duration(t, allow_infinity=True), "duration"
 SIZE = _arg_type(parse_size, "size")
 PERCENT = _arg_type(parse_percent, "percentage")
 COUNT = _arg_type(parse_count, "count")
+STDIN = _arg_type(parse_stdin, "stdin policy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", choices=("file", "journal"), default="file",
                    help="where the session's stdout/stderr go: its private log file (default), or the user "
                         "journal as the scope's own lines (`ralph-systemd logs` reads either)"),
+    r.add_argument("--stdin", type=STDIN, metavar="POLICY", default="null",
+                   help="the session's stdin: null (default: /dev/null), pipe (open until the ladder's EOF step), "
+                        "text:TEXT (TEXT, then EOF) or file:PATH (the file, then EOF)")
     r.add_argument("--detach", "-d", action="store_true", help="return once it runs; print ticket, unit, session, log")
     r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the program and its arguments")
     r.set_defaults(func=cmd_run)

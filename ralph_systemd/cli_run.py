@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError
@@ -19,7 +20,7 @@ from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.durations import format_duration
 from ralph_systemd.result import DispatchResult
 from ralph_systemd.retry import BusError
-from ralph_systemd.spec import DispatchSpec
+from ralph_systemd.spec import STDIN_NULL, STDIN_PIPE, DispatchSpec, StdinPolicy
 from ralph_systemd.supervisor import Supervisor
 
 EXIT_LAUNCH_FAILED = 125
@@ -42,6 +43,20 @@ def default_ticket(argv: list[str]) -> str:
     return f"{stem}.{secrets.token_hex(3)}"
 
 
+def parse_stdin(text: str) -> StdinPolicy:
+    """`--stdin`: null, pipe, text:TEXT (its UTF-8 bytes) or file:PATH; ValueError saying what is accepted."""
+    if text in (STDIN_NULL, STDIN_PIPE):
+        return text
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "text":
+        return rest.encode("utf-8", "surrogateescape")
+    if sep and kind == "file":
+        if not rest:
+            raise ValueError("file: needs a path, e.g. --stdin file:prompt.txt")
+        return Path(rest)
+    raise ValueError(f"{text!r} is not a stdin policy: give null, pipe, text:TEXT or file:PATH")
+
+
 def build_spec(args: argparse.Namespace) -> DispatchSpec:
     """The DispatchSpec for `run`'s arguments; RunError (exit 2) for bad input, before anything starts."""
     command = list(args.command)
@@ -52,6 +67,9 @@ def build_spec(args: argparse.Namespace) -> DispatchSpec:
     if args.detach and args.idle_timeout is not None:
         raise RunError("--idle-timeout needs a supervisor watching the log, so it cannot be used with --detach: "
                        "drop --detach, or use --timeout (enforced by systemd)", 2)
+    if args.detach and args.stdin == STDIN_PIPE:
+        raise RunError("--stdin pipe needs us attached to hold the pipe (it would close as we return): drop "
+                       "--detach, or give the input with --stdin text:TEXT or file:PATH", 2)
     if args.ticket is not None and args.ticket.startswith("-"):
         raise RunError(f"ticket id {args.ticket!r} starts with '-', so `status`, `logs` and `stop` would read it as "
                        "an option: use an id that starts with a letter or digit", 2)
@@ -61,7 +79,8 @@ def build_spec(args: argparse.Namespace) -> DispatchSpec:
             argv=command, ticket=args.ticket if args.ticket is not None else default_ticket(command),
             session=args.session, cwd=args.cwd, timeout=timeout, idle_timeout=args.idle_timeout,
             grace=args.grace if args.grace is not None else 10.0, log_dir=args.log_dir,
-            memory_max=args.memory_max, tasks_max=args.tasks_max, cpu_quota=args.cpu_quota, output=args.output)
+            memory_max=args.memory_max, tasks_max=args.tasks_max, cpu_quota=args.cpu_quota, output=args.output,
+            stdin=args.stdin)
     except ValueError as e:
         raise RunError(str(e), 2) from None
 

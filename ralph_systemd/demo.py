@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 ticket = f"{t.name}_{run}"
                 spec = DispatchSpec(argv=[agent, "-p", f"/tf {ticket} {t.flags} --auto"], ticket=ticket,
                                     timeout=t.timeout, idle_timeout=t.idle_timeout, grace=GRACE_S,
-                                    eof_grace=EOF_GRACE_S, log_dir=args.log_dir)
+                                    stdin="pipe", eof_grace=EOF_GRACE_S, log_dir=args.log_dir)
                 d = sup.launch(spec)
                 names[d.unit] = ticket
                 if d.result is not None:

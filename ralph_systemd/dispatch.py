@@ -36,7 +36,7 @@ from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.retry import BusError
 from ralph_systemd.scope import facts_from_unit
 from ralph_systemd.spawn import GatedChild
-from ralph_systemd.spec import DispatchSpec
+from ralph_systemd.spec import STDIN_PIPE, DispatchSpec
 from ralph_systemd.verdict import Facts, decide
 
 log = logging.getLogger("ralph_systemd")
@@ -251,9 +251,9 @@ class Dispatch:
         self.started_event.set()  # launch() returns now; the operator's line below is not on its path
         time.sleep(0)  # let the woken caller take the GIL now, not at our next blocking call (~1.5 ms later)
         where = "the journal" if spec.output == "journal" else f"log {self.log_path}"
-        self._say("launched", f"launched {spec.describe()} (output to {where}, timeout {_secs(spec.timeout)}, "
-                  f"idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
-                  pid=self.pid, log=self.log_path, output=spec.output, timeout_s=spec.timeout,
+        self._say("launched", f"launched {spec.describe()} (output to {where}, stdin {spec.stdin_label}, timeout "
+                  f"{_secs(spec.timeout)}, idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
+                  pid=self.pid, log=self.log_path, output=spec.output, stdin=spec.stdin_kind, timeout_s=spec.timeout,
                   idle_timeout_s=spec.idle_timeout, grace_s=spec.grace, memory_max=spec.memory_max,
                   tasks_max=spec.tasks_max, cpu_quota=spec.cpu_quota)
         self._host.changed(self)
@@ -327,8 +327,8 @@ class Dispatch:
             return
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._say("stop-requested", f"stop requested ({self.stop_reason}): EOF, then SIGTERM, then SIGKILL "
-                  f"after {_secs(self.grace)}", reason=str(self.stop_reason))
+        self._say("stop-requested", f"stop requested ({self.stop_reason}): {self._ladder_words()}",
+                  reason=str(self.stop_reason))
         try:
             self._host.bus.stop_unit(self.unit)
         except BusError as e:
@@ -346,12 +346,17 @@ class Dispatch:
             return
         if self.stop_reason is None:
             self.stop_reason = self._why_stopped()
-            self._say("stop-requested", f"systemd stops the scope ({self.stop_reason}): EOF, then SIGTERM, then "
-                      f"SIGKILL after {_secs(self.grace)}", reason=str(self.stop_reason))
+            self._say("stop-requested", f"systemd stops the scope ({self.stop_reason}): {self._ladder_words()}",
+                      reason=str(self.stop_reason))
         if self.phase is Phase.STARTING:
             self._ladder_pending = True  # the session is about to exec: the ladder starts the moment it has
             return
         self._ladder_start()
+
+    def _ladder_words(self) -> str:
+        """The ladder this dispatch will run, for its stop line: EOF only when its stdin is our pipe."""
+        eof = self.spec is not None and self.spec.stdin == STDIN_PIPE and not self.main_exited
+        return ("EOF, then " if eof else "") + f"SIGTERM, then SIGKILL after {_secs(self.grace)}"
 
     def _why_stopped(self) -> Status:
         """A stop we did not ask for: the wall timeout if RuntimeMaxSec is due, else someone's stop."""
@@ -363,6 +368,9 @@ class Dispatch:
     def _ladder_start(self) -> None:
         if self.child is not None and not self.main_exited:
             if self.step is Termination.NATURAL:
+                if self.child.stdin_w is None:  # stdin is not ours to close (null, input, a file): no EOF step
+                    self._ladder_term()
+                    return
                 self._count_others()
                 self.child.close_stdin()
                 self.step = Termination.EOF

@@ -11,7 +11,7 @@ success, or the reason it failed.
 
 Scope properties: KillMode=control-group plus Controller=<our bus name> (see README "Timeouts and
 crashes"). While we are connected, a stop makes systemd send us Scope.RequestStop instead of SIGTERM and we
-run the ladder (EOF, SIGTERM); systemd SIGKILLs the cgroup after TimeoutStopSec regardless. If we are dead
+run the ladder (EOF when the session's stdin is our pipe, then SIGTERM); systemd SIGKILLs the cgroup after TimeoutStopSec regardless. If we are dead
 the controller is gone and control-group still gives every process SIGTERM first, then SIGKILL.
 """
 
@@ -97,7 +97,8 @@ class Launch:
             self.log_path = str(log_path)
             try:
                 child = fork_gated(exe, tuple(spec.argv), cwd, spec.environment, log_fd,
-                                   journal_output(spec.argv[0]) if spec.output == "journal" else None)
+                                   journal_output(spec.argv[0]) if spec.output == "journal" else None,
+                                   stdin=spec.stdin)
             except OSError as e:
                 raise LaunchError(f"could not start {spec.argv[0]!r}: {e}") from None
             finally:

@@ -8,12 +8,15 @@ mistaken for "it started". Aborting a launch kills and reaps the child and close
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import stat
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from ralph_systemd.spec import STDIN_NULL, STDIN_PIPE, StdinPolicy
 
 if TYPE_CHECKING:
     from ralph_systemd.journal import JournalOutput
@@ -56,7 +59,7 @@ class GatedChild:
 
     pid: int
     pidfd: int
-    stdin_w: int | None  # the session's stdin; closing it is the EOF step of the kill ladder
+    stdin_w: int | None  # stdin="pipe": the session's stdin; closing it is the EOF step of the kill ladder
     gate_w: int | None
     err_r: int | None
     notices: list[str] = field(default_factory=list)
@@ -114,14 +117,44 @@ class GatedChild:
                 setattr(self, name, None if name != "pidfd" else -1)
 
 
+def open_stdin(policy: StdinPolicy) -> tuple[int, int | None]:
+    """(the fd the child reads as its stdin, our write end or None) for a stdin policy (see DispatchSpec).
+
+    Input bytes go into a sealed in-memory file (memfd) that the child reads at its own pace: nothing is
+    written from our loop, so a slow reader blocks nobody. A file is opened non-blocking (a FIFO without a
+    writer would otherwise block the open), then made blocking again for the session."""
+    if isinstance(policy, bytes):
+        fd = os.memfd_create("ralph-stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(policy)
+            while view:
+                view = view[os.write(fd, view):]
+            os.lseek(fd, 0, os.SEEK_SET)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
+                        | fcntl.F_SEAL_SEAL)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, None
+    if policy == STDIN_PIPE:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        return r, w
+    path = os.devnull if policy == STDIN_NULL else os.fspath(policy)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    os.set_blocking(fd, True)
+    return fd, None
+
+
 def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, str], log_fd: int,
-               journal: JournalOutput | None = None) -> GatedChild:
-    """Fork a child that will exec `executable` with argv once released; stdout+stderr go to log_fd, or,
-    with `journal`, to journald streams the child opens once it is inside its scope (so journald attributes
-    its lines to the scope); if that fails it keeps log_fd and says why on the report pipe."""
+               journal: JournalOutput | None = None, stdin: StdinPolicy = STDIN_PIPE) -> GatedChild:
+    """Fork a child that will exec `executable` with argv once released; stdin as the policy says (see
+    DispatchSpec.stdin); stdout+stderr go to log_fd, or, with `journal`, to journald streams the child
+    opens once it is inside its scope (so journald attributes its lines to the scope); if that fails it
+    keeps log_fd and says why on the report pipe."""
     fds: list[int] = []
     try:
-        stdin_r, stdin_w = os.pipe(); fds += [stdin_r, stdin_w]  # noqa: E702
+        stdin_r, stdin_w = open_stdin(stdin)
+        fds += [stdin_r] + ([stdin_w] if stdin_w is not None else [])
         gate_r, gate_w = os.pipe(); fds += [gate_r, gate_w]  # noqa: E702
         err_r, err_w = os.pipe(); fds += [err_r, err_w]  # noqa: E702
         env_b = [f"{k}={v}".encode() for k, v in env.items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ from ralph_systemd.naming import (
 
 DEFAULT_SLICE = "ralph.slice"
 OUTPUT_MODES = ("file", "journal")
+STDIN_NULL = "null"  # stdin at EOF from the start (/dev/null), as systemd starts a service
+STDIN_PIPE = "pipe"  # an open pipe we hold: closing it (EOF) is the ladder's first step
+StdinPolicy = str | bytes | os.PathLike[str]
+# Variables that change an agent's behaviour when it is started from inside another agent's session: a
+# `claude` that sees CLAUDECODE refuses to start ("nested session"), and loops that pass it on spin for ever
+# (umputun/ralphex#156). The tf backend leaves these out of every dispatch's environment.
+NESTED_AGENT_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT")
 MAX_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # ten years: beyond that a "timeout" is a typo
 
 
@@ -67,12 +75,19 @@ class DispatchSpec:
     project     the project key (naming.project_key(dir)); None = the key of cwd's project (the directory
                 holding its git common dir, or cwd itself outside git). After construction: always the key.
     env         the full environment of the session; None inherits this process's environment.
+    unset_env   names removed from that environment (inherited or given), e.g. NESTED_AGENT_ENV.
+    stdin       what the session reads: "null" (default: /dev/null, at EOF from the start, as systemd's
+                StandardInput=null; a print-mode agent such as `pi -p` reads piped stdin to EOF before it
+                starts, so an open stdin is a hang), "pipe" (an open pipe for interactive sessions; closing it
+                is the ladder's first step), bytes (the session reads them, then EOF) or a path (a file, or a
+                FIFO, opened read-only as its stdin). Only "pipe" has an EOF step in the ladder.
     session     session id; generated when None.
     timeout     wall-clock limit in seconds, enforced by systemd (RuntimeMaxSec) even if we die; None = none.
     idle_timeout  stop after this many seconds with nothing written to the session's log; None = off.
     grace       seconds from the start of a stop until systemd SIGKILLs the whole cgroup (TimeoutStopSec).
-    eof_grace   seconds between closing the session's stdin (EOF) and SIGTERM to it; must be < grace.
-                None: a quarter of grace, at most 2 s.
+    eof_grace   with stdin="pipe": seconds between closing the session's stdin (EOF) and SIGTERM to it;
+                must be < grace. None: a quarter of grace, at most 2 s. Other stdin policies have no EOF
+                step: it is then 0 (a positive value is an error).
     log_dir     where the per-session log goes (0700 directory, 0600 file).
     memory_max, tasks_max, cpu_quota  optional limits (bytes, tasks, percent of one CPU).
     slice       parent slice of the scope.
@@ -97,6 +112,8 @@ class DispatchSpec:
     slice: str = DEFAULT_SLICE
     project: str | None = None
     output: str = "file"
+    stdin: StdinPolicy = STDIN_NULL
+    unset_env: Sequence[str] = ()
     unit: str = field(init=False)
     project_root: str | None = field(init=False, default=None)  # when the key was derived from cwd
 
@@ -139,7 +156,15 @@ class DispatchSpec:
         _seconds("idle_timeout", self.idle_timeout, allow_none=True)
         grace = _seconds("grace", self.grace, allow_none=False)
         assert grace is not None
-        if self.eof_grace is None:
+        self._check_stdin()
+        self._check_unset_env()
+        if self.stdin != STDIN_PIPE:
+            if self.eof_grace:
+                raise ValueError(f"eof_grace ({self.eof_grace!r} s) applies only with stdin='pipe': with "
+                                 f"stdin={self.stdin_label} the session's stdin is not ours to close, so the "
+                                 "ladder starts with SIGTERM; leave eof_grace out")
+            object.__setattr__(self, "eof_grace", 0.0)
+        elif self.eof_grace is None:
             object.__setattr__(self, "eof_grace", min(2.0, grace / 4))
         eof_grace = _seconds("eof_grace", self.eof_grace, allow_none=False, allow_zero=True)
         assert eof_grace is not None
@@ -166,13 +191,66 @@ class DispatchSpec:
         if self.log_dir is not None:
             _no_nul("log_dir", os.fspath(self.log_dir))
 
+    def _check_stdin(self) -> None:
+        value = self.stdin
+        if isinstance(value, str):
+            if value not in (STDIN_NULL, STDIN_PIPE):
+                raise ValueError(f"stdin {value!r} is not a policy: give 'null', 'pipe', bytes to send, or a "
+                                 "pathlib.Path of a file to read")
+            return
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            object.__setattr__(self, "stdin", bytes(value))
+            return
+        if not isinstance(value, os.PathLike):
+            raise ValueError(f"stdin must be 'null', 'pipe', bytes or a path, not {type(value).__name__}")
+        path = os.path.abspath(os.fspath(value))
+        _no_nul("stdin path", path)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise ValueError(f"stdin file {path}: {e.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"stdin file {path} is a directory: give a file to read")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"stdin file {path} is not readable by this user")
+        object.__setattr__(self, "stdin", Path(path))
+
+    def _check_unset_env(self) -> None:
+        names = self.unset_env
+        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+            raise ValueError(f"unset_env must be a list of variable names, not {type(names).__name__}")
+        for name in names:
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                raise ValueError(f"unset_env entry {name!r} is not a variable name")
+        object.__setattr__(self, "unset_env", tuple(names))
+
+    @property
+    def stdin_label(self) -> str:
+        """How the session's stdin is set up, for operators: null, pipe, input (N bytes), file PATH."""
+        if isinstance(self.stdin, bytes):
+            return f"input ({len(self.stdin)} bytes)"
+        if isinstance(self.stdin, os.PathLike):
+            return f"file {safe(os.fspath(self.stdin))}"
+        return self.stdin
+
+    @property
+    def stdin_kind(self) -> str:
+        """"null", "pipe", "input" or "file": the journal's RALPH_STDIN field."""
+        if isinstance(self.stdin, bytes):
+            return "input"
+        return "file" if isinstance(self.stdin, os.PathLike) else self.stdin
+
     @property
     def log_directory(self) -> Path:
         return Path(os.path.abspath(os.fspath(self.log_dir))) if self.log_dir is not None else default_log_dir()
 
     @property
     def environment(self) -> dict[str, str]:
-        return dict(os.environ) if self.env is None else dict(self.env)
+        """The session's environment: env (or ours), less unset_env."""
+        env = dict(os.environ) if self.env is None else dict(self.env)
+        for name in self.unset_env:
+            env.pop(name, None)
+        return env
 
     def describe(self) -> str:
         """The unit Description: what an operator sees in `systemctl --user status`.

@@ -109,7 +109,7 @@ class SystemdBackend:
 
     def detach(self) -> None:
         """Leave running dispatches running (bounded by their RuntimeMaxSec, visible in `ralph-systemd ls`);
-        drop the bus connection. Their stdin closes (EOF) with our end of the pipe."""
+        drop the bus connection. With stdin "pipe" their stdin closes (EOF) with our end of the pipe."""
         self._close(stop_running=False)
 
     def _close(self, stop_running: bool) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ralph_systemd.spec import DEFAULT_SLICE, DispatchSpec
+from ralph_systemd.spec import DEFAULT_SLICE, NESTED_AGENT_ENV, STDIN_NULL, STDIN_PIPE, DispatchSpec
 
 BACKEND_NAME = "systemd"
 CONFIG_SECTION = "systemd"
@@ -33,6 +33,10 @@ class BackendConfig:
     tasks_max: int | None = None
     cpu_quota: float | None = None
     inherit_tail_bytes: int = 64 * 1024
+    # tf's own backend gave pi the terminal; a pipe that stays open would hang `pi -p` (it reads piped stdin
+    # to EOF before it starts), so the agent's stdin is /dev/null unless the config asks for "pipe".
+    stdin: str = STDIN_NULL
+    unset_env: tuple[str, ...] = NESTED_AGENT_ENV
 
     def agent(self) -> tuple[str, ...]:
         """The agent's argv prefix: $RALPH_SYSTEMD_PI (a program) if set, else agentCommand."""
@@ -43,7 +47,7 @@ class BackendConfig:
 _KEYS = {"agentCommand": "agent_command", "logDir": "log_dir", "graceMs": "grace_ms", "eofGraceMs": "eof_grace_ms",
          "idleTimeoutMs": "idle_timeout_ms", "maxRuntimeMs": "max_runtime_ms", "slice": "slice",
          "memoryMax": "memory_max", "tasksMax": "tasks_max", "cpuQuota": "cpu_quota",
-         "inheritTailBytes": "inherit_tail_bytes"}
+         "inheritTailBytes": "inherit_tail_bytes", "stdin": "stdin", "unsetEnv": "unset_env"}
 
 
 def _number(key: str, value: Any, *, integer: bool = False, positive: bool = False) -> Any:
@@ -70,6 +74,15 @@ def parse_config(section: Mapping[str, Any]) -> BackendConfig:
                 raise ValueError(f"Ralph config {CONFIG_SECTION}.agentCommand must be a program path or a "
                                  f"non-empty list of strings (no shell is used), got {value!r}")
             value = tuple(argv)
+        elif key == "stdin":
+            if value not in (STDIN_NULL, STDIN_PIPE):
+                raise ValueError(f"Ralph config {CONFIG_SECTION}.stdin must be \"null\" (the agent's stdin is "
+                                 f"/dev/null) or \"pipe\" (open until the stop's EOF step), got {value!r}")
+        elif key == "unsetEnv":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v and "=" not in v for v in value):
+                raise ValueError(f"Ralph config {CONFIG_SECTION}.unsetEnv must be a list of variable names, got "
+                                 f"{value!r}")
+            value = tuple(value)
         elif key in ("logDir", "slice"):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"Ralph config {CONFIG_SECTION}.{key} must be a non-empty string, got {value!r}")
@@ -79,6 +92,10 @@ def parse_config(section: Mapping[str, Any]) -> BackendConfig:
             _number(key, value, positive=key in ("graceMs", "cpuQuota", "maxRuntimeMs"))
         kw[_KEYS[key]] = value
     cfg = BackendConfig(**kw)
+    if cfg.eof_grace_ms is not None and cfg.stdin != STDIN_PIPE:
+        raise ValueError(f"Ralph config {CONFIG_SECTION}.eofGraceMs applies only with \"stdin\": \"pipe\" (the "
+                         "agent's stdin is /dev/null otherwise, so a stop starts with SIGTERM): remove it, or add "
+                         "\"stdin\": \"pipe\"")
     try:  # the rest (eofGraceMs < graceMs, slice name, ...) exactly as a launch would check it
         make_spec(cfg, ["true"], "config-check", None, None, 0)
     except ValueError as e:
@@ -109,13 +126,17 @@ def load_project_config(project_root: Path) -> BackendConfig:
 
 
 def _eof_grace_s(cfg: BackendConfig) -> float:
+    """The EOF step's grace: only a "pipe" stdin has one (with another, eofGraceMs is refused by the spec)."""
+    if cfg.stdin != STDIN_PIPE:
+        return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms else 0.0
     grace = cfg.grace_ms / 1000
     return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms is not None else min(grace / 4, 2.0)
 
 
 def ladder_times(cfg: BackendConfig, timeout_ms: float) -> tuple[float, float]:
     """(RuntimeMaxSec, eof_grace) in seconds for a dispatch tf gives `timeout_ms` (0 = tf's "none": our
-    max_runtime_ms). EOF comes inside the budget, so SIGTERM lands at timeout_ms, where tf sends it."""
+    max_runtime_ms). EOF (stdin "pipe" only) comes inside the budget, so SIGTERM lands at timeout_ms, where tf
+    sends it."""
     budget = (timeout_ms if timeout_ms and timeout_ms > 0 else cfg.max_runtime_ms) / 1000
     eof = min(_eof_grace_s(cfg), budget / 4)
     return budget - eof, eof
@@ -128,6 +149,6 @@ def make_spec(cfg: BackendConfig, argv: Sequence[str], ticket: str, cwd: str | o
     return DispatchSpec(
         argv=argv, ticket=ticket, cwd=cwd if cwd is not None else os.getcwd(), session=session,
         timeout=runtime, idle_timeout=cfg.idle_timeout_ms / 1000 if cfg.idle_timeout_ms else None,
-        grace=cfg.grace_ms / 1000, eof_grace=eof,
+        grace=cfg.grace_ms / 1000, eof_grace=eof, stdin=cfg.stdin, unset_env=cfg.unset_env,
         log_dir=log_dir if log_dir is not None else cfg.log_dir, slice=cfg.slice, memory_max=cfg.memory_max,
         tasks_max=cfg.tasks_max, cpu_quota=cfg.cpu_quota)

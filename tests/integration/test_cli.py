@@ -88,7 +88,34 @@ def test_a_second_run_of_a_live_ticket_is_125(tmp_path: Path) -> None:
         assert cli("stop", t).returncode == 0
 
 
+def test_run_gives_the_session_dev_null_by_default_so_a_stdin_reader_starts_at_once(tmp_path: Path) -> None:
+    # `pi -p` reads piped stdin to EOF first: under an open pipe it sat silent until the timeout (issue 18)
+    rc, j = cli_json("run", "--json", "--timeout", "20s", "--log-dir", str(tmp_path), "--",
+                     "sh", "-c", "cat; echo started")
+    assert (rc, j["status"], j["termination_method"]) == (0, "completed", "natural")
+    assert Path(j["log_path"]).read_text() == "started\n" and j["duration_s"] < 10  # hang guard
+
+
+@pytest.mark.parametrize("policy, expected", [("text:hello agent", "hello agent|"), ("file:PROMPT", "from a file\n|")])
+def test_run_stdin_text_and_file(policy: str, expected: str, tmp_path: Path) -> None:
+    (tmp_path / "prompt.txt").write_text("from a file\n")
+    policy = policy.replace("PROMPT", str(tmp_path / "prompt.txt"))
+    rc, j = cli_json("run", "--json", "--stdin", policy, "--log-dir", str(tmp_path / "logs"), "--",
+                     "sh", "-c", "cat; echo '|'")
+    assert (rc, j["status"]) == (0, "completed")
+    assert Path(j["log_path"]).read_text() == expected + "\n"
+
+
+def test_run_stdin_pipe_keeps_the_eof_step(tmp_path: Path) -> None:
+    rc, j = cli_json("run", "--json", "--stdin", "pipe", "--timeout", "1s", "--grace", "5s", "--log-dir", str(tmp_path),
+                     "--", "sh", "-c", "cat; echo got-eof")
+    assert (rc, j["status"], j["termination_method"], j["exit_code"]) == (124, "timeout", "eof", 0)
+    assert Path(j["log_path"]).read_text() == "got-eof\n"
+
+
 @pytest.mark.parametrize("args, needle", [
+    (["--stdin", "file:/nonexistent/prompt"], "stdin file /nonexistent/prompt: No such file"),
+    (["--stdin", "terminal"], "is not a stdin policy"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--timeout", "ten minutes"], "is not a time span"),
     (["--idle-timeout", "5parsecs"], "unknown time unit"),
@@ -167,7 +194,8 @@ def test_stop_of_a_foreground_run_goes_through_its_launchers_ladder(tmp_path: Pa
         if launcher.poll() is None:
             launcher.kill()
     j = json.loads(out)
-    # The launcher got RequestStop and ran the ladder: EOF, then SIGTERM, which the session's trap handled.
+    # The launcher got RequestStop and ran the ladder: SIGTERM (stdin is /dev/null: no EOF step), which the
+    # session's trap handled.
     # A stopped run exits 143 whatever the session's own code (7 here).
     assert launcher.returncode == 143 and j["exit_status"] == 143
     assert (j["status"], j["termination_method"], j["exit_code"]) == ("stopped", "sigterm", 7)
@@ -295,6 +323,6 @@ def test_ctrl_c_stops_the_session_with_the_ladder(tmp_path: Path) -> None:
         if launcher.poll() is None:
             launcher.kill()
     j = json.loads(out)
-    assert launcher.returncode == 130  # interrupted by SIGINT; sleep ignores EOF, so the ladder's SIGTERM ended it
+    assert launcher.returncode == 130  # interrupted by SIGINT; the ladder's SIGTERM ended it
     assert (j["status"], j["termination_method"], j["signal"]) == ("stopped", "sigterm", "SIGTERM")
     assert not unit_loaded(unit_of(t))

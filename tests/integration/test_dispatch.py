@@ -83,9 +83,44 @@ def test_log_is_private(tmp_path: Path) -> None:
     assert log.parent.stat().st_mode & 0o777 == 0o700
 
 
+# -- the session's stdin -------------------------------------------------------------------------------------------
+
+def test_by_default_a_session_that_reads_its_stdin_to_eof_starts_at_once(tmp_path: Path) -> None:
+    # the real `pi -p` reads piped stdin to EOF before it does anything: with an open pipe it never starts
+    t0 = time.monotonic()
+    r = run(spec(tmp_path, ["sh", "-c", "wc -c; readlink /proc/self/fd/0"], "null", timeout=20))
+    took = time.monotonic() - t0
+    assert (r.status, r.exit_code, r.termination_method) == (Status.COMPLETED, 0, Termination.NATURAL)
+    assert Path(r.log_path or "").read_text().split() == ["0", "/dev/null"]
+    assert took < 10, took  # a hang guard (the timeout is 20 s), not a performance figure
+
+
+def test_with_stdin_null_the_timeout_ladder_is_sigterm_with_no_eof_step(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    r = run(spec(tmp_path, [LADDER, "term"], "nullterm", timeout=1.0, grace=2.0))
+    ev = events(r.log_path)
+    assert (r.status, r.termination_method, r.exit_code) == (Status.TIMEOUT, Termination.SIGTERM, 143)
+    assert ev["EOF"] - t0 < 1.0  # /dev/null: at EOF from the start, long before the timeout
+    assert 1.0 <= ev["TERM"] - t0 <= 3.0  # SIGTERM when RuntimeMaxSec fired: no EOF grace before it
+
+
+def test_input_bytes_are_the_sessions_stdin_then_eof(tmp_path: Path) -> None:
+    r = run(spec(tmp_path, ["sh", "-c", "cat; echo '<eof>'"], "input", stdin=b"the prompt\n", timeout=20))
+    assert (r.status, r.exit_code) == (Status.COMPLETED, 0)
+    assert Path(r.log_path or "").read_text() == "the prompt\n<eof>\n"
+
+
+def test_a_file_is_the_sessions_stdin(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("from a file\n")
+    r = run(spec(tmp_path, ["cat"], "file", stdin=prompt, timeout=20))
+    assert (r.status, r.exit_code) == (Status.COMPLETED, 0)
+    assert Path(r.log_path or "").read_text() == "from a file\n"
+
+
 # -- the kill ladder on the wall timeout ---------------------------------------------------------------------------
 
-LADDER_KW = dict(timeout=1.0, grace=2.0, eof_grace=0.5)
+LADDER_KW = dict(timeout=1.0, grace=2.0, stdin="pipe", eof_grace=0.5)
 
 
 def test_timeout_session_that_exits_on_eof(tmp_path: Path) -> None:
@@ -124,7 +159,7 @@ def test_timeout_session_that_traps_sigterm_is_sigkilled_by_systemd(tmp_path: Pa
 def test_idle_timeout_stops_a_session_that_stopped_writing(tmp_path: Path) -> None:
     t0 = time.monotonic()
     r = run(spec(tmp_path, ["sh", "-c", "echo working; exec sleep 300"], "idle", idle_timeout=1.0, grace=2.0,
-                 eof_grace=0.2))
+                 stdin="pipe", eof_grace=0.2))
     took = time.monotonic() - t0
     assert r.status is Status.IDLE_TIMEOUT
     assert r.termination_method is Termination.SIGTERM and r.signal == signal.SIGTERM
@@ -163,7 +198,7 @@ def test_daemon_left_behind_at_timeout_is_killed_and_counted(tmp_path: Path) -> 
 def test_leaving_the_block_on_an_exception_stops_the_dispatch(tmp_path: Path) -> None:
     with Supervisor() as sup:
         with pytest.raises(RuntimeError):
-            with sup.launch(spec(tmp_path, [LADDER, "term"], "ctx", grace=2.0, eof_grace=0.2)) as d:
+            with sup.launch(spec(tmp_path, [LADDER, "term"], "ctx", grace=2.0, stdin="pipe", eof_grace=0.2)) as d:
                 assert d.result is None
                 raise RuntimeError("caller failed")
         assert d.result is not None
@@ -174,7 +209,7 @@ def test_leaving_the_block_on_an_exception_stops_the_dispatch(tmp_path: Path) ->
 
 def test_an_operators_systemctl_stop_is_reported_as_stopped(tmp_path: Path) -> None:
     with Supervisor() as sup:
-        d = sup.launch(spec(tmp_path, [LADDER, "eof"], "opstop", timeout=60, grace=2.0))
+        d = sup.launch(spec(tmp_path, [LADDER, "eof"], "opstop", timeout=60, grace=2.0, stdin="pipe"))
         subprocess.run(["systemctl", "--user", "stop", "--no-block", d.unit], check=True)
         r = sup.wait(d, timeout=10)
     assert (r.status, r.termination_method) == (Status.STOPPED, Termination.EOF)
@@ -219,7 +254,7 @@ def test_exec_failure_after_the_scope_exists_is_an_error_and_cleans_up(tmp_path:
 
 
 def test_one_live_dispatch_per_ticket(tmp_path: Path) -> None:
-    first = spec(tmp_path, [LADDER, "eof"], "dup", grace=2.0)
+    first = spec(tmp_path, [LADDER, "eof"], "dup", grace=2.0, stdin="pipe")
     with Supervisor() as sup:
         a = sup.launch(first)
         b = sup.launch(DispatchSpec(argv=["true"], ticket=first.ticket, log_dir=tmp_path / "logs", cwd=tmp_path))

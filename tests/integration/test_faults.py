@@ -56,7 +56,7 @@ def test_escaped_descendants_never_survive(tmp_path: Path, figure: Figure) -> No
                 t, mode = pending.pop(0)
                 d = sup.launch(DispatchSpec(argv=["sh", str(script), str(tmp_path / f"{t}.rec"), mode], ticket=t,
                                             cwd=tmp_path, log_dir=tmp_path / "logs", timeout=2.0, grace=1.0,
-                                            eof_grace=0.2))
+                                            stdin="pipe", eof_grace=0.2))
                 live.append(d)
             done = sup.wait_any(live, timeout=60)
             assert done, f"no dispatch finished within 60 s: {live[:3]}"
@@ -96,7 +96,7 @@ sup = Supervisor()
 print("ready", flush=True)
 sys.stdin.readline()  # go
 d = sup.launch(DispatchSpec(argv=["sh", script, rec, "hang"], ticket=ticket, log_dir=log_dir, cwd=log_dir,
-                            timeout=float(timeout), grace=1.0, eof_grace=0.2))
+                            timeout=float(timeout), grace=1.0, stdin="pipe", eof_grace=0.2))
 print(json.dumps({"unit": d.unit, "error": d.result.error if d.result else None}), flush=True)
 sys.stdin.readline()  # block: the test SIGKILLs us mid-dispatch
 """
@@ -213,7 +213,7 @@ def test_d_state_session_waits_stay_bounded(tmp_path: Path, figure: Figure) -> N
     timeout, grace = 2.0, 1.5
     with Supervisor() as sup:
         d = sup.launch(DispatchSpec(argv=[str(exe)], ticket=ticket("dstate"), cwd=tmp_path, log_dir=tmp_path,
-                                    timeout=timeout, grace=grace, eof_grace=0.2))
+                                    timeout=timeout, grace=grace, stdin="pipe", eof_grace=0.2))
         assert d.result is None, d.result
         assert d.pid is not None
         state = _wait_state(d.pid, "D", 5)
@@ -240,7 +240,7 @@ def test_stopped_session_is_still_killed_on_time(tmp_path: Path, figure: Figure)
     stopped processes."""
     with Supervisor() as sup:
         d = sup.launch(DispatchSpec(argv=["sleep", "300"], ticket=ticket("stopped"), cwd=tmp_path, log_dir=tmp_path,
-                                    timeout=1.5, grace=1.0, eof_grace=0.2))
+                                    timeout=1.5, grace=1.0, stdin="pipe", eof_grace=0.2))
         assert d.pid is not None
         os.kill(d.pid, signal.SIGSTOP)
         state = _wait_state(d.pid, "T", 5)

@@ -53,7 +53,7 @@ def test_thousand_cycles_leave_fds_zombies_and_rss_flat(tmp_path: Path, figure: 
             for _ in range(batch):
                 t = f"{prefix}_{i}"
                 common = dict(ticket=t, cwd=tmp_path, log_dir=tmp_path / "logs", timeout=30.0, grace=1.0,
-                              eof_grace=0.1)
+                              stdin="pipe", eof_grace=0.1)
                 k = i % 20
                 if k == 1:
                     d = sup.launch(DispatchSpec(argv=["no-such-program-xyz"], **common))
@@ -65,7 +65,7 @@ def test_thousand_cycles_leave_fds_zombies_and_rss_flat(tmp_path: Path, figure: 
                     d = sup.launch(DispatchSpec(argv=[str(noexec)], **common))
                     kind = "not-executable"
                 elif k == 16:
-                    holder = sup.launch(DispatchSpec(argv=["cat"], **common))
+                    holder = sup.launch(DispatchSpec(argv=["cat"], stdin="pipe", **common))
                     d = sup.launch(DispatchSpec(argv=["true"], **common))
                     sup.stop(holder)  # EOF on its stdin ends cat
                     live.append(holder)

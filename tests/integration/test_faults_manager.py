@@ -58,7 +58,7 @@ def test_manager_reexec_and_reload_lose_nothing(tmp_path: Path, figure: Figure) 
                 argv = ["sleep", "300"] if status is Status.TIMEOUT else ["sh", "-c", f"sleep {delay}; exit {code}"]
                 d = sup.launch(DispatchSpec(argv=argv, ticket=f"{prefix}_{i}", cwd=tmp_path, log_dir=tmp_path,
                                             timeout=2.0 + (i % 3) * 0.5 if status is Status.TIMEOUT else 60.0,
-                                            grace=1.0, eof_grace=0.2))
+                                            grace=1.0, stdin="pipe", eof_grace=0.2))
                 dispatches.append((i, d))
             try:
                 sup.wait_all([d for _, d in dispatches], timeout=60)

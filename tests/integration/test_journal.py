@@ -93,7 +93,7 @@ def test_lifecycle_lines_show_in_status_while_running_and_in_journalctl_after(tm
     assert J.Journal().enabled, J.journal_state().reason
     argv = ["sh", "-c", "read x; trap 'exit 3' TERM; while :; do sleep 0.1; done", "odd \x1b[31m\nargs"]
     with Supervisor() as sup:
-        d = sup.launch(DispatchSpec(argv=argv, ticket=t, timeout=60, grace=5, eof_grace=1, log_dir=tmp_path))
+        d = sup.launch(DispatchSpec(argv=argv, ticket=t, timeout=60, grace=5, stdin="pipe", eof_grace=1, log_dir=tmp_path))
         assert d.result is None, d.result
         inv = _invocation_id(d.unit)
         sup.stop(d)
@@ -134,7 +134,7 @@ def test_the_dispatch_ladder_shows_in_status_while_it_runs_and_in_journalctl_aft
     t = _ticket("ladder")
     deaf = "trap '' TERM; while :; do sleep 0.1; done"  # deaf to EOF and SIGTERM: the ladder runs to SIGKILL
     with Supervisor() as sup:
-        d = sup.launch(DispatchSpec(argv=["sh", "-c", deaf], ticket=t, timeout=1, grace=2.5, eof_grace=0.5,
+        d = sup.launch(DispatchSpec(argv=["sh", "-c", deaf], ticket=t, timeout=1, grace=2.5, stdin="pipe", eof_grace=0.5,
                                     log_dir=tmp_path))
         assert d.result is None, d.result
         _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="sigterm")  # the ladder is at its second step
@@ -170,7 +170,7 @@ def test_forked_child_connected_inside_its_scope_has_its_lines_under_the_scope(t
     tag = uuid.uuid4().hex[:8]
     with Supervisor() as sup:
         d = sup.launch(DispatchSpec(argv=[sys.executable, str(PROGRAMS / "journal_stream_child.py"), tag],
-                                    ticket=t, timeout=60, grace=5, eof_grace=1, log_dir=tmp_path))
+                                    ticket=t, timeout=60, grace=5, stdin="pipe", eof_grace=1, log_dir=tmp_path))
         assert d.result is None, d.result
         try:
             inv = _invocation_id(d.unit)

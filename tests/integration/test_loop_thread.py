@@ -37,7 +37,7 @@ def test_a_busy_caller_still_gives_eof_then_sigterm_before_the_sigkill(tmp_path:
     """The caller computes for 3x the grace and never calls in; the timeout fires meanwhile."""
     n, timeout, grace, eof_grace = 5, 1.0, 2.0, 0.5
     specs = [DispatchSpec(argv=[LADDER, "kill"], ticket=ticket("busy"), cwd=tmp_path, log_dir=tmp_path,
-                          timeout=timeout, grace=grace, eof_grace=eof_grace) for _ in range(n)]
+                          timeout=timeout, grace=grace, stdin="pipe", eof_grace=eof_grace) for _ in range(n)]
     with Supervisor() as sup:
         ds = sup.launch_many(specs)
         launched = time.monotonic()
@@ -81,7 +81,7 @@ def test_an_immediate_timeout_or_stop_still_runs_the_ladder(tmp_path: Path, figu
     lost (the unit was not routed yet): no EOF, no SIGTERM, SIGKILL only after the full grace, `failed`."""
     n = 50
     specs = [DispatchSpec(argv=["sleep", "30"], ticket=ticket("imm"), cwd=tmp_path, log_dir=tmp_path,
-                          timeout=1e-6, grace=5, eof_grace=0.2) for _ in range(n)]
+                          timeout=1e-6, grace=5, stdin="pipe", eof_grace=0.2) for _ in range(n)]
     other = PystemdUserBus()  # the "operator": another connection, like systemctl
     try:
         with Supervisor() as sup:
@@ -89,7 +89,7 @@ def test_an_immediate_timeout_or_stop_still_runs_the_ladder(tmp_path: Path, figu
             ds, gaps = [], []
             for _ in range(n):
                 spec = DispatchSpec(argv=["sleep", "30"], ticket=ticket("stp"), cwd=tmp_path, log_dir=tmp_path,
-                                    timeout=60, grace=5, eof_grace=0.2)
+                                    timeout=60, grace=5, stdin="pipe", eof_grace=0.2)
                 sent: list[float] = []
                 errors: list[Exception] = []
                 racer = threading.Thread(target=_stop_as_soon_as_it_exists, args=(other, spec.unit, sent, errors))
@@ -136,7 +136,7 @@ def test_a_forged_request_stop_changes_nothing(tmp_path: Path, figure: Figure) -
     try:
         with Supervisor() as sup:
             d = sup.launch(DispatchSpec(argv=[LADDER, "eof"], ticket=ticket("forged"), cwd=tmp_path,
-                                        log_dir=tmp_path, timeout=120, grace=5))
+                                        log_dir=tmp_path, timeout=120, grace=5, stdin="pipe"))
             controller = subprocess.run(["systemctl", "--user", "show", "-p", "Controller", "--value", d.unit],
                                         capture_output=True, text=True, check=True).stdout.strip()
             assert controller.startswith(":")
@@ -164,7 +164,7 @@ def test_an_escaped_daemon_killed_by_the_final_sigkill_is_counted(tmp_path: Path
               "exec sleep 300")
     with Supervisor() as sup:
         r = sup.wait(sup.launch(DispatchSpec(argv=["sh", "-c", script], ticket=ticket("daemon"), cwd=tmp_path,
-                                             log_dir=tmp_path, timeout=1, grace=1.5, eof_grace=0.3)), timeout=30)
+                                             log_dir=tmp_path, timeout=1, grace=1.5, stdin="pipe", eof_grace=0.3)), timeout=30)
     figure("escaped daemon in a SIGKILL ending", f"leftovers_killed={r.leftovers_killed} (1 daemon planted)")
     assert (r.status, r.termination_method) == (Status.TIMEOUT, Termination.SIGKILL)
     assert r.leftovers_killed == 1

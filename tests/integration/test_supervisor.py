@@ -235,13 +235,13 @@ def test_sigterm_to_the_launcher_stops_every_dispatch_with_the_ladder(tmp_path: 
     specs: list[dict[str, object]] = [
         # a session that ends on EOF: the first rung of the ladder stops it
         {"argv": _sh("cat >/dev/null; echo got-eof"), "ticket": f"st{tag}.eof", "log_dir": str(tmp_path),
-         "grace": 5, "eof_grace": 1},
+         "grace": 5, "stdin": "pipe", "eof_grace": 1},
         # a session deaf to EOF that exits on SIGTERM (the second rung)
         {"argv": _sh("trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done"), "ticket": f"st{tag}.term",
-         "log_dir": str(tmp_path), "grace": 5, "eof_grace": 0.5},
+         "log_dir": str(tmp_path), "grace": 5, "stdin": "pipe", "eof_grace": 0.5},
         # a session that leaves a setsid daemon behind: the cgroup goes with it
         {"argv": _sh("setsid sleep 300 & cat >/dev/null"), "ticket": f"st{tag}.daemon", "log_dir": str(tmp_path),
-         "grace": 5, "eof_grace": 1},
+         "grace": 5, "stdin": "pipe", "eof_grace": 1},
     ]
     launcher = Launcher(specs, signals="stop")
     launcher.proc.send_signal(signal.SIGTERM)

@@ -55,7 +55,7 @@ def _make(tmp_path: Path, **section: object) -> Iterator[SystemdBackend]:
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[SystemdBackend]:
-    yield from _make(tmp_path, graceMs=3000, eofGraceMs=500)
+    yield from _make(tmp_path, graceMs=3000, eofGraceMs=500, stdin="pipe")
 
 
 def _launch(backend: SystemdBackend, tmp_path: Path, flags: str, **kw: object) -> DispatchResult:
@@ -136,7 +136,7 @@ def test_graceful_terminate_dispatch_then_terminated(backend: SystemdBackend, tm
 def test_kill_wait_ms_brings_sigkill_forward(tmp_path: Path) -> None:
     # An agent deaf to EOF and SIGTERM; the scope's own grace is 30 s, kill_wait_ms says 0.5 s.
     for backend in _make(tmp_path, agentCommand=["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", "agent"],
-                         graceMs=30000, eofGraceMs=200):
+                         graceMs=30000, eofGraceMs=200, stdin="pipe"):
         r = _launch(backend, tmp_path, "")
         assert backend.graceful_terminate_dispatch(r.pid or 0, kill_wait_ms=500) == (True, "sigkill")
         c = backend.wait_for_dispatch_completion(r, r.ticket_id)

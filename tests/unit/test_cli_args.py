@@ -66,6 +66,11 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     (["stop", "ralph-x y.scope"], "neither a ticket id nor a ralph-systemd unit name"),
     (["logs", "ralph-.scope"], "neither a ticket id nor a ralph-systemd unit name"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "--stdin", "tty", "--", "true"], "'tty' is not a stdin policy: give null, pipe, text:TEXT or file:PATH"),
+    (["run", "--stdin", "file:", "--", "true"], "file: needs a path"),
+    (["run", "--stdin", "file:/nonexistent/prompt.txt", "--", "true"], "stdin file /nonexistent/prompt.txt: No such"),
+    (["run", "--stdin", "file:/", "--", "true"], "stdin file / is a directory"),
+    (["run", "--detach", "--stdin", "pipe", "--", "true"], "--stdin pipe needs us attached"),
 ])
 def test_bad_input_is_one_line_on_stderr(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(argv, capsys)

@@ -137,7 +137,7 @@ def pidfd_of(d: Dispatch) -> int:
 
 
 def test_the_ladder_sends_eof_then_sigterm_on_time_and_the_verdict_is_the_timeout(tmp_path: Path) -> None:
-    host, d = launched(tmp_path, ["sleep", "60"], timeout=30, grace=10, eof_grace=2)
+    host, d = launched(tmp_path, ["sleep", "60"], timeout=30, grace=10, stdin="pipe", eof_grace=2)
     host.clock += 30  # RuntimeMaxSec is due: the manager's RequestStop is the wall timeout firing
     d.on_request_stop()
     assert d.stop_reason is Status.TIMEOUT and d.step is Termination.EOF
@@ -159,7 +159,7 @@ def test_the_ladder_sends_eof_then_sigterm_on_time_and_the_verdict_is_the_timeou
 
 
 def test_a_session_that_exits_on_eof_is_stopped_by_eof(tmp_path: Path) -> None:
-    host, d = launched(tmp_path, ["cat"], grace=10, eof_grace=2)
+    host, d = launched(tmp_path, ["cat"], grace=10, stdin="pipe", eof_grace=2)
     d.on_request_stop()  # an operator's stop: no timeout was set
     host.fire_when_readable(pidfd_of(d))  # cat exits 0 on EOF
     assert d.exit_code == 0 and d.main_exit_step is Termination.EOF
@@ -172,7 +172,7 @@ def test_a_session_that_exits_on_eof_is_stopped_by_eof(tmp_path: Path) -> None:
 def test_a_stop_that_arrives_while_starting_runs_the_ladder_the_moment_the_session_runs(tmp_path: Path) -> None:
     host = ScriptedHost()
     spec = DispatchSpec(argv=["sleep", "60"], ticket="t-early", cwd=tmp_path, log_dir=tmp_path / "logs",
-                        timeout=1e-6, grace=5, eof_grace=0.5)
+                        timeout=1e-6, grace=5, stdin="pipe", eof_grace=0.5)
     d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
     d.start_launch()
     d.on_request_stop()  # RuntimeMaxSec=1us fired before we saw the start job end: not lost
@@ -200,8 +200,28 @@ def test_idle_timeout_looks_at_the_log_once_per_idle_period(tmp_path: Path) -> N
     host.advance(d, deadline - host.clock)
     assert d.stop_reason is Status.IDLE_TIMEOUT and ("stop", d.unit) in host.bus.calls
     d.on_request_stop()  # the manager's answer to our StopUnit
-    assert d.step is Termination.EOF
+    assert d.step is Termination.SIGTERM  # stdin is /dev/null by default: no EOF step
     d.close()
+
+
+@pytest.mark.parametrize("stdin", ["null", b"a prompt\n", "file"])
+def test_without_a_pipe_the_ladder_starts_with_sigterm_and_never_says_eof(tmp_path: Path, stdin: object) -> None:
+    if stdin == "file":
+        (tmp_path / "in.txt").write_text("input\n")
+        stdin = tmp_path / "in.txt"
+    # `cat` ends at once at the end of its input; `sh -c 'cat; sleep'` reads it, then waits for the stop
+    host, d = launched(tmp_path, ["sh", "-c", "cat; exec sleep 60"], timeout=30, grace=10, stdin=stdin)
+    assert d.child is not None and d.child.stdin_w is None  # nothing of ours to hold open, or to close
+    host.clock += 30
+    d.on_request_stop()  # RuntimeMaxSec fired
+    assert d.stop_reason is Status.TIMEOUT and d.step is Termination.SIGTERM  # at once: no EOF grace
+    host.fire_when_readable(pidfd_of(d))
+    assert d.main_exited and d.exit_signal == signal.SIGTERM
+    host.bus.active, host.bus.result = "failed", "timeout"
+    d.on_unit_changed({"ActiveState": "failed"})
+    r = d.result
+    assert r is not None and (r.status, r.termination_method) == (Status.TIMEOUT, Termination.SIGTERM)
+    assert "eof" not in host.events and host.events == ["launched", "stop-requested", "sigterm", "result"]
 
 
 def test_a_main_process_that_outlives_its_scope_is_reported_stuck_and_handed_over_for_reaping(tmp_path: Path) -> None:

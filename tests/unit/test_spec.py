@@ -37,6 +37,11 @@ def make(**kw: object) -> DispatchSpec:
     (dict(session="bad session"), "session id"),
     (dict(ticket=""), "ticket id is empty"),
     (dict(slice="ralph"), "slice"),
+    (dict(stdin="tty"), "stdin 'tty' is not a policy"),
+    (dict(stdin=3), "stdin must be 'null', 'pipe', bytes or a path"),
+    (dict(stdin="null", eof_grace=1), "eof_grace .* applies only with stdin='pipe'"),
+    (dict(unset_env="CLAUDECODE"), "unset_env must be a list"),
+    (dict(unset_env=["A=B"]), "not a variable name"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(kw: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=words):
@@ -47,8 +52,8 @@ def test_defaults() -> None:
     s = make()
     assert s.unit == rf"ralph-{s.project}-T\x2d1.scope" and s.project == project_key(s.cwd)
     assert s.session and len(s.session) == 16
-    assert s.eof_grace == 2.0 and s.grace == 10.0
-    assert make(grace=2).eof_grace == 0.5
+    assert s.stdin == "null" and s.eof_grace == 0.0 and s.grace == 10.0  # no EOF step without a pipe
+    assert make(stdin="pipe").eof_grace == 2.0 and make(grace=2, stdin="pipe").eof_grace == 0.5
     assert s.describe() == f"ralph ticket=T-1 session={s.session} project={s.project_root}: true"
 
 
@@ -80,3 +85,24 @@ def test_an_explicit_project_key_names_the_unit() -> None:
 def test_limits_and_lengths(kw: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         make(**kw)
+
+
+def test_stdin_policies_and_their_labels(tmp_path: object) -> None:
+    from pathlib import Path
+    assert isinstance(tmp_path, Path)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("hi")
+    assert (make().stdin, make().stdin_label, make().stdin_kind) == ("null", "null", "null")
+    s = make(stdin=bytearray(b"abc"))
+    assert s.stdin == b"abc" and s.stdin_label == "input (3 bytes)" and s.stdin_kind == "input"
+    f = make(stdin=prompt)
+    assert f.stdin == prompt and f.stdin_label == f"file {prompt}" and f.stdin_kind == "file"
+    with pytest.raises(ValueError, match="No such file"):
+        make(stdin=tmp_path / "missing")
+
+
+def test_unset_env_removes_names_from_the_inherited_or_given_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAUDECODE", "1")
+    assert "CLAUDECODE" in make().environment
+    assert "CLAUDECODE" not in make(unset_env=["CLAUDECODE"]).environment
+    assert make(env={"A": "1", "B": "2"}, unset_env=["A", "NOT_SET"]).environment == {"B": "2"}

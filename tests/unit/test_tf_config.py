@@ -51,7 +51,10 @@ def test_env_overrides_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"agentCommand": ["pi", 3]}, "systemd.agentCommand"),
     ({"slice": ""}, "systemd.slice"),
     ({"slice": "notaslice"}, "slice 'notaslice' is not a slice unit name"),
-    ({"graceMs": 1000, "eofGraceMs": 1000}, "eof_grace (1.0 s) must be shorter than grace"),
+    ({"graceMs": 1000, "eofGraceMs": 1000, "stdin": "pipe"}, "eof_grace (1.0 s) must be shorter than grace"),
+    ({"eofGraceMs": 500}, 'systemd.eofGraceMs applies only with "stdin": "pipe"'),
+    ({"stdin": "tty"}, "systemd.stdin must be"),
+    ({"unsetEnv": "CLAUDECODE"}, "systemd.unsetEnv must be a list of variable names"),
 ])
 def test_bad_config_names_the_key(section: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=None) as e:
@@ -106,6 +109,24 @@ def test_a_timeouts_return_code_is_none_as_in_tf(status: Status) -> None:
 ])
 def test_every_dispatch_is_bounded_and_eof_comes_inside_the_budget(timeout_ms: int, runtime: float,
                                                                     eof: float) -> None:
-    spec = make_spec(parse_config({"graceMs": 4000}), ["pi"], "T-1", "/", None, timeout_ms)
+    spec = make_spec(parse_config({"graceMs": 4000, "stdin": "pipe"}), ["pi"], "T-1", "/", None, timeout_ms)
     assert spec.timeout == pytest.approx(runtime) and spec.eof_grace == pytest.approx(eof)
     assert spec.timeout + eof == pytest.approx(timeout_ms / 1000 if timeout_ms else DEFAULT_MAX_RUNTIME_MS / 1000)
+
+
+@pytest.mark.parametrize("timeout_ms, runtime", [(4000, 4.0), (0, 4 * 3600.0)])
+def test_the_default_stdin_is_null_so_sigterm_lands_at_the_budget_with_no_eof_step(timeout_ms: int,
+                                                                                    runtime: float) -> None:
+    # tf's own backend gave pi the terminal; `pi -p` blocks reading an open pipe, so ours gives /dev/null
+    spec = make_spec(parse_config({"graceMs": 4000}), ["pi"], "T-1", "/", None, timeout_ms)
+    assert spec.stdin == "null" and spec.eof_grace == 0.0
+    assert spec.timeout == pytest.approx(runtime)
+
+
+def test_nested_agent_variables_are_not_passed_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAUDECODE", "1")
+    monkeypatch.setenv("KEEP_ME", "yes")
+    spec = make_spec(parse_config({}), ["claude", "-p", "x"], "T-1", "/", None, 0)
+    assert "CLAUDECODE" not in spec.environment and spec.environment["KEEP_ME"] == "yes"
+    spec = make_spec(parse_config({"unsetEnv": ["KEEP_ME"]}), ["pi"], "T-1", "/", None, 0)
+    assert "KEEP_ME" not in spec.environment and spec.environment.get("CLAUDECODE") == "1"  # the list replaces
