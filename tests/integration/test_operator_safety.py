@@ -408,8 +408,8 @@ def test_a_stopped_run_exits_143_and_an_interrupted_one_130(how: str, want: int,
     t = ticket("rc")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    # cat exits 0 at EOF: the session's own code would say "success"
-    launcher = popen("run", "--json", "--ticket", t, "--grace", "5s", "--log-dir", str(tmp_path), "--",
+    # cat exits 0 at EOF (the ladder's first step with a pipe): the session's own code would say "success"
+    launcher = popen("run", "--json", "--ticket", t, "--grace", "5s", "--stdin", "pipe", "--log-dir", str(tmp_path), "--",
                      "sh", "-c", f"echo x > {fifo}; exec cat", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         read_fifo(fifo)
