@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph_systemd import journal
+from ralph_systemd.text import escape
 from ralph_systemd.journal_read import wait_for_entry
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.spec import DispatchSpec, default_log_dir
@@ -109,7 +110,7 @@ def show_status(out: Out, d: Dispatch, ticket: str) -> None:
     r = subprocess.run(["systemctl", "--user", "status", "--no-pager", f"--lines={STATUS_LINES}", "--full", d.unit],
                        capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0"})
     for text in (r.stdout or r.stderr).rstrip().splitlines():
-        out.line(out.c("dim", "  | ") + journal.escape_text(text))
+        out.line(out.c("dim", "  | ") + escape(text))
     out.line()
 
 
@@ -122,7 +123,7 @@ def show_journal(out: Out, unit: str, ticket: str) -> None:
                        capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0"})
     lines = (r.stdout or r.stderr).rstrip().splitlines()
     for text in lines[-STATUS_LINES:]:
-        out.line(out.c("dim", "  | ") + journal.escape_text(text))
+        out.line(out.c("dim", "  | ") + escape(text))
     out.line(out.c("dim", f"  (filter on a field: journalctl --user RALPH_TICKET={ticket} RALPH_EVENT=result)"))
 
 

@@ -9,7 +9,7 @@ reach them from here:
   alternative `OBJECT_SYSTEMD_USER_UNIT=` is only honoured from uid 0 on 252), so the line shows under the
   scope although the scope did not write it. Each carries `RALPH_*` fields to filter on
   (`journalctl --user RALPH_TICKET=T-42`) and `USER_INVOCATION_ID` (what `journalctl -I` matches).
-  One line each: session-provided text is escaped (`escape_text`), so a line never breaks a terminal.
+  One line each: session-provided text is escaped (`text.escape`), so a line never breaks a terminal.
 * **Session output** (the journal output mode): the forked child, once inside its scope and before it
   execs, connects its stdout/stderr to journald's stream socket (`JournalOutput.connect`). journald
   attributes a stream to the cgroup of the process that connected it, so the lines are the scope's own.
@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from ralph_systemd.durations import format_duration, format_size
 from ralph_systemd.result import DispatchResult, Status
+from ralph_systemd.text import escape
 
 
 def _import_bindings() -> Any:
@@ -80,38 +81,9 @@ class Event(enum.StrEnum):
 
 # ------------------------------------------------------------------------------------ pure formatting
 
-def escape_text(text: str, limit: int | None = None) -> str:
-    """One printable line: what Python does not call printable (controls, format characters such as bidi
-    overrides, line separators, unusual spaces) as \\n, \\t, \\r, \\xNN, \\uNNNN or \\UNNNNNNNN.
-
-    Session-provided text (argv, reasons, output) goes through this before it reaches the journal or a
-    terminal; journalctl would otherwise show "[N blob data]" or pass escape sequences to the terminal.
-    With `limit`, the result is cut to that many characters, ending in "...".
-    """
-    if text.isprintable():
-        s = text
-    else:
-        s = "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
-    if limit is not None and len(s) > limit:
-        s = s[: max(0, limit - 3)] + "..."
-    return s
-
-
-_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape_char(ch: str) -> str:
-    o = ord(ch)
-    if ch in _NAMED:
-        return _NAMED[ch]
-    if o <= 0xFF:
-        return f"\\x{o:02x}"
-    return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"
-
-
 def format_argv(argv: Sequence[str]) -> str:
     """The command as a shell would read it (quoted, not run), escaped, cut to MAX_ARGV_CHARS."""
-    return escape_text(shlex.join(argv), MAX_ARGV_CHARS)
+    return escape(shlex.join(argv), MAX_ARGV_CHARS)
 
 
 @dataclass(frozen=True)
@@ -135,13 +107,13 @@ def launched_entry(*, ticket: str, session: str, argv: Sequence[str], pid: int |
         ("grace", grace, format_duration), ("memory", memory_max, format_size),
         ("tasks", tasks_max, str), ("cpu", cpu_quota, lambda q: f"{q:g}%")]
     limits = [f"{name} {fmt(value)}" for name, value, fmt in shown if value is not None]
-    who = f"session {escape_text(session)}" + (f", pid {pid}" if pid is not None else "")
-    where = "output to the journal" if output == "journal" else f"log {escape_text(log_path or '-')}"
-    msg = f"launched {escape_text(ticket)} ({who}): {format_argv(argv)}"
+    who = f"session {escape(session)}" + (f", pid {pid}" if pid is not None else "")
+    where = "output to the journal" if output == "journal" else f"log {escape(log_path or '-')}"
+    msg = f"launched {escape(ticket)} ({who}): {format_argv(argv)}"
     msg += f"; {', '.join(limits) if limits else 'no limits'}; {where}"
     return Entry(Event.LAUNCHED, msg, LOG_INFO, {
         "RALPH_PID": pid, "RALPH_OUTPUT": output, "RALPH_LOG": log_path,
-        "RALPH_COMMAND": escape_text(shlex.join(argv)),
+        "RALPH_COMMAND": escape(shlex.join(argv)),
         "RALPH_TIMEOUT_S": _num(timeout), "RALPH_IDLE_TIMEOUT_S": _num(idle_timeout), "RALPH_GRACE_S": _num(grace),
     })
 
@@ -161,7 +133,7 @@ def stop_requested_entry(reason: str, *, by: str | None = None, idle: float | No
                          grace: float | None = None) -> Entry:
     """`stopping: the wall-clock timeout fired; ladder: EOF, SIGTERM, systemd's SIGKILL after 30s`."""
     template = STOP_REASONS.get(reason, "{reason}")
-    why = template.format(by=escape_text(by or "someone"), idle=format_duration(idle), reason=escape_text(reason))
+    why = template.format(by=escape(by or "someone"), idle=format_duration(idle), reason=escape(reason))
     tail = f"; ladder: EOF, SIGTERM, systemd's SIGKILL after {format_duration(grace)}" if grace is not None else ""
     return Entry(Event.STOP_REQUESTED, f"stopping: {why}{tail}", LOG_NOTICE,
                  {"RALPH_REASON": reason, "RALPH_STOP_BY": by, "RALPH_GRACE_S": _num(grace)})
@@ -204,16 +176,16 @@ def result_entry(r: DispatchResult) -> Entry:
         code = "exit code unknown"
     msg = f"result: {r.status} ({code}, terminated {r.termination_method}) after {format_duration(r.duration_s)}"
     if r.systemd_result:
-        msg += f"; systemd result {escape_text(r.systemd_result)}"
+        msg += f"; systemd result {escape(r.systemd_result)}"
     if r.leftovers_killed:
         msg += f"; {r.leftovers_killed} leftover process(es) killed"
     if r.error:
-        msg += f"; {escape_text(r.error, 400)}"
+        msg += f"; {escape(r.error, 400)}"
     return Entry(Event.RESULT, msg, priority_for(Event.RESULT, r.status), {
         "RALPH_STATUS": str(r.status), "RALPH_EXIT_CODE": r.exit_code, "RALPH_SIGNAL": r.signal_name,
         "RALPH_TERMINATION": str(r.termination_method), "RALPH_SYSTEMD_RESULT": r.systemd_result,
         "RALPH_LEFTOVERS": r.leftovers_killed, "RALPH_DURATION_S": _num(r.duration_s),
-        "RALPH_ERROR": escape_text(r.error) if r.error else None,
+        "RALPH_ERROR": escape(r.error) if r.error else None,
     })
 
 
@@ -265,14 +237,14 @@ def entry_fields(unit: str, message: str, priority: int,
     """
     if not 0 <= priority <= 7:
         raise ValueError(f"journal priority {priority} is not 0..7")
-    out = [f"MESSAGE={escape_text(message)}", f"PRIORITY={priority}", f"SYSLOG_IDENTIFIER={IDENTIFIER}",
+    out = [f"MESSAGE={escape(message)}", f"PRIORITY={priority}", f"SYSLOG_IDENTIFIER={IDENTIFIER}",
            f"USER_UNIT={unit}"]
     for name, value in fields.items():
         if not _FIELD_NAME.fullmatch(name) or name in _RESERVED:
             raise ValueError(f"journal field name {name!r}: use A-Z, 0-9 and _, not starting with _ or a digit")
         if value is None:
             continue
-        text = escape_text(str(value))  # printable and valid UTF-8 (a path may hold surrogate escapes)
+        text = escape(str(value))  # printable and valid UTF-8 (a path may hold surrogate escapes)
         out.append(f"{name}={text}")
         if name == "RALPH_INVOCATION_ID":
             out.append(f"USER_INVOCATION_ID={text}")

@@ -9,7 +9,7 @@ What is read is what `journalctl --user` reads (the user's own journal files, SD
 
 Following is event-driven: the journal's own fd (inotify inside libsystemd) is one source, the caller's
 "the unit may have ended" fd (e.g. the user bus) is the other; see `follow`. Every message is escaped
-(`escape_text`) before it is written: nothing from a session reaches a terminal raw.
+(`text.escape`) before it is written: nothing from a session reaches a terminal raw.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from ralph_systemd.journal import IDENTIFIER, Event, bindings, escape_text, read_state
+from ralph_systemd.journal import IDENTIFIER, Event, bindings, read_state
+from ralph_systemd.text import escape
 
 
 SETTLE_S = 1.0  # after the unit ended: stop once no new line came for this long (journald may still be writing)
@@ -57,8 +58,8 @@ def to_line(entry: dict[str, Any], unit: str | None = None) -> LogLine:
     realtime_us = _realtime_us(entry.get("__REALTIME_TIMESTAMP"))
     return LogLine(
         realtime_us=realtime_us,
-        text=escape_text(str(msg)),
-        identifier=escape_text(str(entry.get("SYSLOG_IDENTIFIER", ""))),
+        text=escape(str(msg)),
+        identifier=escape(str(entry.get("SYSLOG_IDENTIFIER", ""))),
         pid=_int(entry.get("_PID")),
         priority=_int(entry.get("PRIORITY")),
         lifecycle=unit is not None and entry.get("_SYSTEMD_USER_UNIT") != unit,

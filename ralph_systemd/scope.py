@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from ralph_systemd.cli_format import safe
+from ralph_systemd.text import escape
 from ralph_systemd.naming import UNIT_PREFIX, UNIT_SUFFIX, parse_unit_name, unescape
 
 
@@ -53,7 +53,7 @@ def facts_from_unit(unit: str, description: str, documentation: tuple[str, ...])
     else:
         return None
     session = command = root = None
-    prefix = f"ralph ticket={safe(ticket)} session="
+    prefix = f"ralph ticket={escape(ticket)} session="
     if description.startswith(prefix):
         m = _DESC_RE.fullmatch(description[len(prefix):])
         if m:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ralph_systemd.durations import MAX_CPU_PERCENT, MAX_LIMIT
-from ralph_systemd.cli_format import safe
+from ralph_systemd.text import escape
 from ralph_systemd.naming import (
     check_ticket_fits,
     find_project_root,
@@ -230,7 +230,7 @@ class DispatchSpec:
         if isinstance(self.stdin, bytes):
             return f"input ({len(self.stdin)} bytes)"
         if isinstance(self.stdin, os.PathLike):
-            return f"file {safe(os.fspath(self.stdin))}"
+            return f"file {escape(os.fspath(self.stdin))}"
         return self.stdin
 
     @property
@@ -261,8 +261,8 @@ class DispatchSpec:
         cmd = " ".join(self.argv)
         if len(cmd) > 160:
             cmd = cmd[:157] + "..."
-        project = safe(self.project_root if self.project_root is not None else self.project).replace(":", "\\x3a")
-        return f"ralph ticket={safe(self.ticket)} session={self.session} project={project}: {safe(cmd)}"
+        project = escape(self.project_root if self.project_root is not None else self.project).replace(":", "\\x3a")
+        return f"ralph ticket={escape(self.ticket)} session={self.session} project={project}: {escape(cmd)}"
 
 
 def unit_name_is_plain(name: str) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ralph_systemd.result import DispatchResult as NativeResult
+from ralph_systemd.text import terminal_safe
 
 log = logging.getLogger("ralph_systemd.tf")
 
@@ -43,11 +44,6 @@ def copy_output(log_path: str, target: Path) -> None:
         log.warning("could not copy %s to %s: %s", log_path, target, e)
 
 
-def _visible(text: str) -> str:
-    """Session output made safe for a terminal: tabs and newlines kept, other controls (ESC, CR, ...) shown."""
-    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x1b") else f"\\x{ord(c):02x}" for c in text)
-
-
 def echo_tail(r: NativeResult, limit: int, out: TextIO | None = None) -> None:
     """Show the last `limit` bytes of the session log on stderr, framed with the ticket id."""
     assert r.log_path is not None
@@ -62,7 +58,7 @@ def echo_tail(r: NativeResult, limit: int, out: TextIO | None = None) -> None:
         return
     cut = f" (last {len(data)} of {size} bytes)" if size > len(data) else ""
     out.write(f"----- {r.ticket} output{cut}: {r.log_path}\n")
-    out.write(_visible(data.decode(errors="replace")))
+    out.write(terminal_safe(data.decode(errors="replace")))
     if data and not data.endswith(b"\n"):
         out.write("\n")
     out.write(f"----- end of {r.ticket} ({r.status})\n")

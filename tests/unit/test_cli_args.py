@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ralph_systemd import cli
-from ralph_systemd.cli_run import default_ticket
+from ralph_systemd.cli.run import default_ticket
 from ralph_systemd.naming import unit_name_for_ticket
 from ralph_systemd.units import install_units, shipped_units
 
@@ -190,7 +190,8 @@ def test_library_warnings_are_one_clean_line_each(monkeypatch: pytest.MonkeyPatc
 def test_a_sessions_output_on_a_terminal_keeps_colours_and_escapes_the_rest() -> None:
     import io
 
-    from ralph_systemd.cli_format import TerminalSink, terminal_safe
+    from ralph_systemd.cli.format import TerminalSink
+    from ralph_systemd.text import terminal_safe
     text = "ok \x1b[1;32mgreen\x1b[0m\r\n\x1b]0;title\x07\x1b[2J a\rb \u202eevil\t\x85 é\n"
     assert terminal_safe(text) == ("ok \x1b[1;32mgreen\x1b[0m\r\n\\x1b]0;title\\x07\\x1b[2J a\\rb \\u202eevil\t"
                                    "\\x85 é\n")

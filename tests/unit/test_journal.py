@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ralph_systemd import journal as J
 from ralph_systemd.result import DispatchResult, Status, Termination
+from ralph_systemd.text import escape
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +47,19 @@ def _result(**kw: object) -> DispatchResult:
     ("back\\slash", "back\\slash"),
 ])
 def test_escape_text(raw: str, shown: str) -> None:
-    assert J.escape_text(raw) == shown
+    assert escape(raw) == shown
 
 
 @given(st.text())
 def test_escaped_text_is_one_printable_line(raw: str) -> None:
-    out = J.escape_text(raw)
+    out = escape(raw)
     assert "\n" not in out and "\r" not in out
     assert all(ch.isprintable() for ch in out)
 
 
 def test_escape_text_limit_cuts_with_dots() -> None:
-    assert J.escape_text("x" * 50, 10) == "xxxxxxx..."
-    assert J.escape_text("short", 10) == "short"
+    assert escape("x" * 50, 10) == "xxxxxxx..."
+    assert escape("short", 10) == "short"
 
 
 # -- the wording of each line -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ralph_systemd.tf.cli import main
-from ralph_systemd.tf.output import _visible
+from ralph_systemd.text import terminal_safe
 
 MODEL = Path(__file__).resolve().parents[1] / "tf_fakes" / "model"
 
@@ -63,4 +63,4 @@ def test_a_bad_systemd_section_stops_before_anything_starts(tmp_path: Path, monk
 
 
 def test_session_output_reaches_the_terminal_escaped() -> None:
-    assert _visible("ok\tline\n\x1b[2J\x07done\r") == "ok\tline\n\\x1b[2J\\x07done\\x0d"
+    assert terminal_safe("ok\tline\n\x1b[2J\x07done\r") == "ok\tline\n\\x1b[2J\\x07done\\r"

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError, PystemdUserBus, SystemdBus
-from ralph_systemd.cli_format import TerminalSink, last_line, print_pairs, safe, table
+from ralph_systemd.cli.format import TerminalSink, last_line, print_pairs, table
+from ralph_systemd.text import escape
 from ralph_systemd.durations import format_duration, format_size
 from ralph_systemd.journal_read import LaunchRecord, find_launch, write_lines
 from ralph_systemd.journal_read import follow as follow_journal
@@ -190,7 +191,7 @@ def cmd_stop(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not results:
             print("no ralph dispatches were running", file=err)
         for r in results:
-            print(safe(f"stopped {r.ticket} ({r.unit}, session {r.session}; ran {format_duration(r.duration_s)}), "
+            print(escape(f"stopped {r.ticket} ({r.unit}, session {r.session}; ran {format_duration(r.duration_s)}), "
                        f"systemd result {r.systemd_result or '-'}"), file=out)
         if results:
             print(f"stop took {format_duration(took)}", file=err)
@@ -400,14 +401,14 @@ def cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
         verb = "would " if args.dry_run else ""
         for u in reset:
-            print(safe(f"{verb}reset failed unit {u}"), file=out)
+            print(escape(f"{verb}reset failed unit {u}"), file=out)
         for u, refs in held:
-            print(safe(f"kept failed unit {u}: held by {', '.join(refs)} (a live supervisor reads its result)"),
+            print(escape(f"kept failed unit {u}: held by {', '.join(refs)} (a live supervisor reads its result)"),
                   file=out)
         for p in removed:
-            print(safe(f"{verb}remove {p}" if args.dry_run else f"removed {p}"), file=out)
+            print(escape(f"{verb}remove {p}" if args.dry_run else f"removed {p}"), file=out)
         if _chatty(args, out):
-            print(safe(f"gc: {len(reset)} failed unit(s) {verb}reset, {len(removed)} log file(s) older than "
+            print(escape(f"gc: {len(reset)} failed unit(s) {verb}reset, {len(removed)} log file(s) older than "
                        f"{format_duration(args.older_than)} {verb}removed from {log_dir}"
                        + (f"; {skipped_foreign} old file(s) with our name shape but no marker left alone"
                           if skipped_foreign else "")), file=err)
@@ -434,7 +435,7 @@ def cmd_install_units(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         raise CliError(str(e)) from None
     for i in installed:
         if i.changed or _chatty(args, out):
-            print(safe(f"{'installed' if i.changed else 'unchanged'} {i.path}"), file=out)
+            print(escape(f"{'installed' if i.changed else 'unchanged'} {i.path}"), file=out)
     if not args.no_reload:
         try:
             _with_bus(_reload)

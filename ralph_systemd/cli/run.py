@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ralph_systemd.bus import NoUserBusError
-from ralph_systemd.cli_format import drop_stdout, last_line, one_line, print_pairs
+from ralph_systemd.cli.format import drop_stdout, last_line, print_pairs
+from ralph_systemd.text import one_line
 from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.durations import format_duration
 from ralph_systemd.result import DispatchResult
