@@ -15,7 +15,6 @@ manager sends RequestStop (we are the scope's Controller), or when StopUnit cann
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
 import signal
@@ -29,7 +28,9 @@ from typing import Protocol
 from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
 from ralph_systemd.launch import Launch, LaunchError
+from ralph_systemd import lifecycle
 from ralph_systemd.journal_read import latest_output_us
+from ralph_systemd.lifecycle import Line
 from ralph_systemd.logs import log_space_problem
 from ralph_systemd.manager_features import ManagerFeatures
 from ralph_systemd.result import DispatchResult, Status, Termination
@@ -37,6 +38,8 @@ from ralph_systemd.retry import BusError
 from ralph_systemd.scope import facts_from_unit
 from ralph_systemd.spawn import GatedChild
 from ralph_systemd.spec import STDIN_PIPE, DispatchSpec
+from ralph_systemd.states import TRANSITIONS, State, Timer
+from ralph_systemd.timers import TimerQueue
 from ralph_systemd.verdict import Facts, decide
 
 log = logging.getLogger("ralph_systemd")
@@ -48,12 +51,6 @@ RECHECK_S = 1.0  # how soon to look at the unit again when a read failed or a si
 ENDED = ("inactive", "failed")
 
 
-class Phase(enum.Enum):
-    STARTING = "starting"  # forked and gated; the scope is being created
-    RUNNING = "running"  # the session exec'ed inside its scope
-    DONE = "done"  # `result` is set (finished, failed to launch, or detached)
-
-
 class DispatchHost(Protocol):
     """What a Dispatch needs from the loop that drives it."""
 
@@ -61,6 +58,10 @@ class DispatchHost(Protocol):
     def bus(self) -> SystemdBus: ...
 
     def now(self) -> float: ...
+
+    @property
+    def timers(self) -> TimerQueue:
+        """The loop's one timer queue: it calls on_timer when a timer of ours is due."""
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
 
@@ -82,7 +83,7 @@ class DispatchHost(Protocol):
     def changed(self, d: Dispatch) -> None:
         """d changed phase (running, or done): wake whoever waits on it; drop it from routing when done."""
 
-    def lifecycle(self, d: Dispatch, event: str, message: str, fields: Mapping[str, object]) -> None:
+    def lifecycle(self, d: Dispatch, line: Line) -> None:
         """One line of d's life for operators (log and journal)."""
 
 
@@ -109,7 +110,7 @@ class Dispatch:
         self.path = unit_path(unit)
         self.log_path = log_path
         self.attached = attached  # re-attached: not our child, its exit code is not ours to see
-        self.phase = Phase.STARTING
+        self.state = State.STARTING
         # Set by the transitions, for callers in other threads: each wakes only the waiters that care.
         self.started_event = threading.Event()  # left STARTING (running, or done)
         self.done_event = threading.Event()  # `result` is set
@@ -125,7 +126,6 @@ class Dispatch:
         self._launch: Launch | None = None
         self._job: str | None = None
         self._exec_fd: int | None = None
-        self._start_deadline: float | None = None
         # the main process
         self.child: GatedChild | None = None
         self.exit_code: int | None = None
@@ -149,11 +149,7 @@ class Dispatch:
         self.warnings: list[str] = []
         self._others_at_stop = 0  # processes besides the main one at the last ladder step
         self.error: str | None = None
-        # timers
-        self._term_deadline: float | None = None
-        self._idle_deadline: float | None = None
-        self._recheck_deadline: float | None = None
-        self._stuck_deadline: float | None = None
+        self._timers = host.timers  # every timer of this dispatch, keyed by what it is for (states.Timer)
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -162,7 +158,7 @@ class Dispatch:
         return self.result is not None
 
     def __repr__(self) -> str:
-        state = self.result.status if self.result else self.phase.value
+        state = self.result.status if self.result else self.state.value
         return f"<Dispatch {self.unit} session={self.session} pid={self.pid} {state}>"
 
     def __enter__(self) -> Dispatch:
@@ -178,15 +174,23 @@ class Dispatch:
         return {"ticket": self.ticket, "session": self.session, "unit": self.unit,
                 "invocation_id": self.invocation_id, **extra}
 
-    def _say(self, event: str, message: str, **extra: object) -> None:
-        self._host.lifecycle(self, event, message, self._fields(**extra))
+    def _enter(self, state: State) -> None:
+        """Move to `state`: only along the table in states.TRANSITIONS (anything else is a bug of ours)."""
+        if state is self.state:
+            return
+        if state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"{self.unit}: {self.state.value} -> {state.value} is not a dispatch transition")
+        self.state = state
+
+    def _say(self, line: Line) -> None:
+        self._host.lifecycle(self, Line(line.event, line.message, self._fields(**line.fields)))
 
     # -- launch -------------------------------------------------------------------------------------------
 
     def start_launch(self) -> None:
         """Create the log, fork the gated child, ask for the scope. Failures end the dispatch as ERROR with
         nothing left behind."""
-        assert self.spec is not None and self.phase is Phase.STARTING
+        assert self.spec is not None and self.state is State.STARTING
         spec = self.spec
         self._launch = Launch(spec, self._host.bus, use_pidfds=self._host.features.scope_pidfds)
         try:
@@ -206,13 +210,13 @@ class Dispatch:
         self._holds_ref = True
         self._job = job
         now = self._host.now()
-        self._start_deadline = now + JOB_WAIT_S
+        self._arm(Timer.START_JOB, now + JOB_WAIT_S)
         # JobRemoved can be lost across a manager re-exec, and "" means the reply was: look at the unit then.
-        self._recheck_deadline = now if not job else now + RECHECK_S
+        self._arm(Timer.RECHECK, now if not job else now + RECHECK_S)
 
     def on_job_removed(self, job: str, result: str) -> None:
         """The manager finished a job; ours is the scope's start job."""
-        if self.phase is not Phase.STARTING or self._launch is None or job != self._job or self._exec_fd is not None:
+        if self.state is not State.STARTING or self._launch is None or job != self._job or self._exec_fd is not None:
             return
         if result == "canceled":  # someone stopped the unit before it started (StopUnit replaced the job)
             self.stop_reason = self.stop_reason or Status.STOPPED
@@ -228,17 +232,17 @@ class Dispatch:
         outcome arrives on a pipe moments later; a failure then ends the dispatch as ERROR, exactly as if
         the launch had failed (launch() does not wait for it: that is a millisecond off every launch)."""
         assert self._launch is not None and self._launch.child is not None and self.spec is not None
-        self._recheck_deadline = None
-        self._start_deadline = None
+        self._disarm(Timer.RECHECK)
+        self._disarm(Timer.START_JOB)
         self._exec_fd = self._launch.open_gate()
         self._host.add_reader(self._exec_fd, self._on_exec_report)
         self.child = self._launch.child
-        self.phase = Phase.RUNNING
+        self._enter(State.RUNNING)
         now = self._host.now()
         self.cgroup_dir = cgroup_dir_of(self.child.pid)  # the scope's cgroup: the child is in it now
         self._host.add_reader(self.child.pidfd, self.on_pidfd_ready)
         if self.idle_timeout is not None:
-            self._idle_deadline = now + self.idle_timeout
+            self._arm(Timer.IDLE, now + self.idle_timeout)
         self._check_log_space()
         spec = self.spec
         if self.invocation_id is None and spec.output == "journal":
@@ -250,12 +254,7 @@ class Dispatch:
                 log.debug("%s: InvocationID: %s", self.unit, e)
         self.started_event.set()  # launch() returns now; the operator's line below is not on its path
         time.sleep(0)  # let the woken caller take the GIL now, not at our next blocking call (~1.5 ms later)
-        where = "the journal" if spec.output == "journal" else f"log {self.log_path}"
-        self._say("launched", f"launched {spec.describe()} (output to {where}, stdin {spec.stdin_label}, timeout "
-                  f"{_secs(spec.timeout)}, idle timeout {_secs(spec.idle_timeout)}, grace {_secs(spec.grace)})",
-                  pid=self.pid, log=self.log_path, output=spec.output, stdin=spec.stdin_kind, timeout_s=spec.timeout,
-                  idle_timeout_s=spec.idle_timeout, grace_s=spec.grace, memory_max=spec.memory_max,
-                  tasks_max=spec.tasks_max, cpu_quota=spec.cpu_quota)
+        self._say(lifecycle.launched(spec, self.pid, self.log_path))
         self._host.changed(self)
         if self._ladder_pending:
             self._ladder_pending = False
@@ -272,7 +271,7 @@ class Dispatch:
         for notice in self._launch.child.notices if self._launch.child is not None else []:
             self.warnings.append(f"journal output unavailable ({notice}): the output goes to the log file "
                                  f"{self.log_path}")
-            self._say("warning", self.warnings[-1])
+            self._say(lifecycle.warning(self.warnings[-1]))
         if why is not None:
             self._fail(f"{self.spec.argv[0]!r} did not start: {why}")
             return
@@ -289,7 +288,7 @@ class Dispatch:
         problem = log_space_problem(self.log_path) if self.log_path else None
         if problem is not None and problem not in self.warnings:
             self.warnings.append(problem)  # the API: d.warnings, result.warnings (the CLI prints them)
-            self._say("warning", problem)
+            self._say(lifecycle.warning(problem))
 
     def _unit_exists_message(self) -> str:
         assert self.spec is not None
@@ -309,7 +308,7 @@ class Dispatch:
     def adopt(self, *, invocation_id: str, grace: float, runtime_max_s: float | None, age_s: float,
               pid: int | None) -> None:
         """Follow a live scope launched by someone else (we hold a ref on it already)."""
-        self.phase = Phase.RUNNING
+        self._enter(State.RUNNING)
         self._holds_ref = True
         self.invocation_id = invocation_id or None
         self.grace = grace
@@ -323,12 +322,11 @@ class Dispatch:
     def request_stop(self, reason: Status) -> None:
         """Stop with the ladder, through systemd: its RequestStop brings us back to on_request_stop, and
         it SIGKILLs what is left at the end of the grace. If StopUnit cannot be sent we run the ladder."""
-        if self.phase is Phase.DONE:
+        if self.state is State.DONE:
             return
         if self.stop_reason is None:
             self.stop_reason = reason
-        self._say("stop-requested", f"stop requested ({self.stop_reason}): {self._ladder_words()}",
-                  reason=str(self.stop_reason))
+        self._say(lifecycle.stop_requested(self.stop_reason, self._ladder_words(), by_manager=False))
         try:
             self._host.bus.stop_unit(self.unit)
         except BusError as e:
@@ -336,27 +334,31 @@ class Dispatch:
             self._ladder_start()
 
     def on_request_stop(self) -> None:
-        """The manager asks us, the scope's Controller, to stop it (RuntimeMaxSec, anyone's stop)."""
-        if self.phase is Phase.DONE:
-            return
-        if self.main_exited and not self.attached:
-            # The session ended by itself (its own exit status decides); this stop is for what it left in the
-            # scope, whoever asked: the "leftovers" line said so already.
-            self._ladder_start()
-            return
+        """The manager asks us, the scope's Controller, to stop it (RuntimeMaxSec, anyone's stop); what that
+        means depends only on where the dispatch is."""
+        match self.state:
+            case State.DONE:
+                return
+            case State.EXITED:
+                # The session ended by itself (its own exit status decides); this stop is for what it left in
+                # the scope, whoever asked: the "leftovers" line said so already.
+                self._ladder_start()
+            case State.STARTING:
+                self._note_stop_from_manager()
+                self._ladder_pending = True  # the session is about to exec: the ladder starts the moment it has
+            case State.RUNNING | State.STOPPING:
+                self._note_stop_from_manager()
+                self._ladder_start()
+
+    def _note_stop_from_manager(self) -> None:
         if self.stop_reason is None:
             self.stop_reason = self._why_stopped()
-            self._say("stop-requested", f"systemd stops the scope ({self.stop_reason}): {self._ladder_words()}",
-                      reason=str(self.stop_reason))
-        if self.phase is Phase.STARTING:
-            self._ladder_pending = True  # the session is about to exec: the ladder starts the moment it has
-            return
-        self._ladder_start()
+            self._say(lifecycle.stop_requested(self.stop_reason, self._ladder_words(), by_manager=True))
 
     def _ladder_words(self) -> str:
         """The ladder this dispatch will run, for its stop line: EOF only when its stdin is our pipe."""
         eof = self.spec is not None and self.spec.stdin == STDIN_PIPE and not self.main_exited
-        return ("EOF, then " if eof else "") + f"SIGTERM, then SIGKILL after {_secs(self.grace)}"
+        return lifecycle.ladder_words(self.grace, eof)
 
     def _why_stopped(self) -> Status:
         """A stop we did not ask for: the wall timeout if RuntimeMaxSec is due, else someone's stop."""
@@ -366,6 +368,10 @@ class Dispatch:
         return Status.STOPPED
 
     def _ladder_start(self) -> None:
+        """The first step of the ladder: EOF with a pipe stdin, else SIGTERM; for what a session left in its
+        scope (or an attached one), SIGTERM to every process there."""
+        if self.state is State.RUNNING:
+            self._enter(State.STOPPING)
         if self.child is not None and not self.main_exited:
             if self.step is Termination.NATURAL:
                 if self.child.stdin_w is None:  # stdin is not ours to close (null, input, a file): no EOF step
@@ -374,15 +380,15 @@ class Dispatch:
                 self._count_others()
                 self.child.close_stdin()
                 self.step = Termination.EOF
-                self._term_deadline = self._host.now() + self.eof_grace
-                self._say("eof", f"stdin closed (EOF); SIGTERM in {_secs(self.eof_grace)}")
+                self._arm(Timer.SIGTERM, self._host.now() + self.eof_grace)
+                self._say(lifecycle.eof(self.eof_grace))
                 if self.eof_grace <= 0:
                     self._ladder_term()
         else:
             self.kill(signal.SIGTERM)
 
     def _ladder_term(self) -> None:
-        self._term_deadline = None
+        self._disarm(Timer.SIGTERM)
         if self.child is None or self.main_exited or self.step is Termination.SIGTERM:
             return
         self.step = Termination.SIGTERM
@@ -391,8 +397,7 @@ class Dispatch:
             signal.pidfd_send_signal(self.child.pidfd, signal.SIGTERM)
         except ProcessLookupError:
             return
-        self._say("sigterm", f"SIGTERM to the session (pid {self.pid}); systemd SIGKILLs the scope at the end of "
-                  "the grace")
+        self._say(lifecycle.sigterm(self.pid))
 
     def _count_others(self) -> None:
         """How many processes besides the main one are in the scope now (at each ladder step). If the ladder
@@ -431,6 +436,7 @@ class Dispatch:
         self._host.remove_reader(self.child.pidfd)
         self.child.close_all()
         self.main_exited = True
+        self._enter(State.EXITED)
         self._zombie = info is not None
         self.main_exit_step = self.step
         if info is not None:
@@ -438,12 +444,11 @@ class Dispatch:
                 self.exit_code = info.si_status
             else:  # CLD_KILLED or CLD_DUMPED
                 self.exit_signal = info.si_status
-        self._term_deadline = None
-        self._idle_deadline = None
+        self._disarm(Timer.SIGTERM)
+        self._disarm(Timer.IDLE)
         if self.exit_signal == signal.SIGKILL and self.step is not Termination.NATURAL:
             self.leftovers = max(self.leftovers, self._others_at_stop)
-            self._say("sigkill", f"systemd SIGKILLed the scope at the end of the grace "
-                      f"({self._others_at_stop} other process(es) with it)", leftovers=self._others_at_stop)
+            self._say(lifecycle.sigkill(self._others_at_stop))
         self._after_main_exit()
 
     def _after_main_exit(self) -> None:
@@ -453,7 +458,7 @@ class Dispatch:
             return
         if not self._watch_cgroup_empty():
             self._read_outcome()  # empty or gone already: the manager's state is (about to be) final
-            if self.phase is Phase.DONE:
+            if self.state is State.DONE:
                 return
         procs = procs_in(self.cgroup_dir) if self.cgroup_dir is not None else None
         if procs is None:
@@ -464,15 +469,14 @@ class Dispatch:
                 return
         if procs:
             self.leftovers = max(self.leftovers, len(procs))
-            self._say("leftovers", f"main process ended; {len(procs)} process(es) left in the scope: stopping them",
-                      leftovers=len(procs))
+            self._say(lifecycle.leftovers(len(procs)))
             self.kill(signal.SIGTERM)
             try:
                 self._host.bus.stop_unit(self.unit)  # systemd SIGKILLs what ignores SIGTERM after the grace
             except BusError as e:
                 log.warning("%s: StopUnit: %s", self.unit, e)
         # The unit's end arrives as a signal; look again after the grace in case it was lost.
-        self._recheck_deadline = self._host.now() + self.grace + RECHECK_S
+        self._arm(Timer.RECHECK, self._host.now() + self.grace + RECHECK_S)
 
     def _watch_cgroup_empty(self) -> bool:
         """Watch the scope's cgroup.events: the kernel notifies `populated 0` when its last process is gone,
@@ -491,7 +495,7 @@ class Dispatch:
         return cgroup_populated(events)  # it may have emptied before the watch existed
 
     def on_cgroup_event(self) -> None:
-        if self._cgroup_watch is None or self.cgroup_dir is None or self.phase is Phase.DONE:
+        if self._cgroup_watch is None or self.cgroup_dir is None or self.state is State.DONE:
             return
         if self.main_exited and not cgroup_populated(self.cgroup_dir / "cgroup.events"):
             self._read_outcome()  # usually final already; if not, its signal finishes the dispatch
@@ -507,7 +511,7 @@ class Dispatch:
         if not isinstance(state, str):
             return
         self.active_state = state
-        if self.phase is Phase.STARTING:
+        if self.state is State.STARTING:
             if state == "active" and self._exec_fd is None and self._launch is not None:
                 self._open_gate()  # in case its JobRemoved is lost
             return
@@ -519,8 +523,8 @@ class Dispatch:
 
     def resync(self) -> None:
         """Signals may have been lost (the bus was down): look at the unit again now."""
-        if self.phase is not Phase.DONE:
-            self._recheck_deadline = self._host.now()
+        if self.state is not State.DONE:
+            self._arm(Timer.RECHECK, self._host.now())
 
     def on_unit_removed(self) -> None:
         self._check_unit()
@@ -549,7 +553,7 @@ class Dispatch:
         if self.invocation_id is None and st.invocation_id:
             self.invocation_id = st.invocation_id
         self.active_state = st.active_state
-        if self.phase is Phase.STARTING:
+        if self.state is State.STARTING:
             if st.active_state == "active" or (st.exists and st.active_state == "deactivating"):
                 if self._exec_fd is None and self._launch is not None:
                     self._open_gate()
@@ -560,7 +564,7 @@ class Dispatch:
                 else:
                     self._fail(f"could not start scope {self.unit}: it is {st.active_state} ({st.result})")
             else:
-                self._recheck_deadline = self._host.now() + RECHECK_S
+                self._arm(Timer.RECHECK, self._host.now() + RECHECK_S)
             return
         if st.ended or not st.exists:
             self._unit_result = st.result
@@ -571,16 +575,15 @@ class Dispatch:
 
     def _recheck_soon(self, e: BusError) -> None:
         log.warning("%s: cannot read its state (%s); will re-check", self.unit, e)
-        self._recheck_deadline = self._host.now() + RECHECK_S
+        self._arm(Timer.RECHECK, self._host.now() + RECHECK_S)
 
     def _watch_for_stuck(self) -> None:
         """The scope ended but our child has not exited: normally its exit is microseconds away. If it is
         still there STUCK_AFTER_S later it survived systemd's SIGKILL (uninterruptible sleep)."""
-        if self._stuck_deadline is None and not self.attached:
-            self._stuck_deadline = self._host.now() + STUCK_AFTER_S
+        if self._timers.deadline(self, Timer.STUCK) is None and not self.attached:
+            self._arm(Timer.STUCK, self._host.now() + STUCK_AFTER_S)
 
     def _finish_stuck(self) -> None:
-        self._stuck_deadline = None
         if self.main_exited or self.child is None or self.pid is None:
             return
         state = proc_state(self.pid)
@@ -593,6 +596,7 @@ class Dispatch:
         self._host.remove_reader(pidfd)
         self._host.adopt_orphan(pidfd, self.pid)  # reaped whenever it finally exits
         self.main_exited, self.main_exit_step = True, Termination.UNKNOWN
+        self._enter(State.EXITED)
         self.error = (f"main process {self.pid} is still alive (state {state}) although its scope ended: it "
                       "survived SIGKILL, so it is in uninterruptible sleep (a hung NFS/FUSE/device call); only the "
                       "kernel call returning can end it. Reported as stuck; it is reaped if it ever exits")
@@ -601,26 +605,33 @@ class Dispatch:
 
     # -- timers -------------------------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        ds = [d for d in (self._term_deadline, self._idle_deadline, self._recheck_deadline, self._stuck_deadline,
-                          self._start_deadline) if d is not None]
-        return min(ds) if ds else None
+    def _arm(self, timer: Timer, when: float) -> None:
+        self._timers.arm(self, timer, when)
 
-    def fire_timers(self, now: float) -> None:
-        if self._start_deadline is not None and now >= self._start_deadline:
-            self._fail(f"the start job of {self.unit} did not finish in {JOB_WAIT_S:.0f} s")
+    def _disarm(self, timer: Timer) -> None:
+        self._timers.disarm(self, timer)
+
+    def deadline(self, timer: Timer) -> float | None:
+        """When `timer` fires (monotonic seconds), or None if it is not armed."""
+        return self._timers.deadline(self, timer)
+
+    def on_timer(self, timer: Timer, now: float) -> None:
+        """A timer of ours is due: each kind does one thing (see states.Timer)."""
+        if self.state is State.DONE:
             return
-        if self._term_deadline is not None and now >= self._term_deadline:
-            self._ladder_term()
-        if self._idle_deadline is not None and now >= self._idle_deadline:
-            self._check_idle(now)
-        if self._stuck_deadline is not None and now >= self._stuck_deadline:
-            self._finish_stuck()
-        if self._recheck_deadline is not None and now >= self._recheck_deadline and self.phase is not Phase.DONE:
-            self._recheck_deadline = None
-            self._check_unit()
-            if self.main_exited and not self.attached and not self.done:
-                self._after_main_exit()
+        match timer:
+            case Timer.START_JOB:
+                self._fail(f"the start job of {self.unit} did not finish in {JOB_WAIT_S:.0f} s")
+            case Timer.SIGTERM:
+                self._ladder_term()
+            case Timer.IDLE:
+                self._check_idle(now)
+            case Timer.STUCK:
+                self._finish_stuck()
+            case Timer.RECHECK:
+                self._check_unit()
+                if self.main_exited and not self.attached and not self.done:
+                    self._after_main_exit()
 
     def _check_idle(self, now: float) -> None:
         """Idle = nothing written to the log for idle_timeout s. We sleep until the earliest moment that
@@ -632,10 +643,9 @@ class Dispatch:
             mtime_age = now - self.started
         last_activity_age = min(mtime_age, now - self.started)
         if last_activity_age >= self.idle_timeout:
-            self._idle_deadline = None
             self.request_stop(Status.IDLE_TIMEOUT)
         else:
-            self._idle_deadline = now + (self.idle_timeout - last_activity_age)
+            self._arm(Timer.IDLE, now + (self.idle_timeout - last_activity_age))
 
     def _output_age(self) -> float | None:
         """Seconds since the session last wrote anything: its log file's mtime, or in the journal output mode
@@ -658,7 +668,7 @@ class Dispatch:
     # -- the end ------------------------------------------------------------------------------------------
 
     def _maybe_finish(self) -> None:
-        if self.phase is Phase.DONE or not self.main_exited or self._unit_result is None:
+        if self.state is State.DONE or not self.main_exited or self._unit_result is None:
             return
         sysres = "success" if self._unit_gone else self._unit_result
         status, method = decide(Facts(
@@ -689,7 +699,7 @@ class Dispatch:
             self._check_log_space()
             result = dataclasses.replace(result, warnings=tuple(self.warnings))
         self.result = result
-        self.phase = Phase.DONE
+        self._enter(State.DONE)
         self.close()
         if self._holds_ref:
             self._holds_ref = False
@@ -698,23 +708,16 @@ class Dispatch:
             except BusError as e:
                 log.warning("could not release %s: %s", self.unit, e)
         if result.status is not Status.RUNNING:
-            how = (f"exit code {result.exit_code}" if result.exit_code is not None else
-                   f"signal {result.signal_name}" if result.signal is not None else "exit status unknown")
-            self._say("result", f"{result.status} ({how}, {result.termination_method}, systemd result "
-                      f"{result.systemd_result or '-'}, {result.leftovers_killed} leftover(s) killed, "
-                      f"{result.duration_s:.3f} s)" + (f": {result.error}" if result.error else ""),
-                      status=str(result.status), exit_code=result.exit_code, signal=result.signal_name,
-                      termination=str(result.termination_method), systemd_result=result.systemd_result,
-                      leftovers=result.leftovers_killed, duration_s=round(result.duration_s, 3))
+            self._say(lifecycle.result(result))
         self.started_event.set()
         self.done_event.set()
         self._host.changed(self)
 
     def detach(self) -> None:
         """Leave the session running (bounded by its timeout) for a later attach; free what we hold."""
-        if self.phase is Phase.DONE:
+        if self.state is State.DONE:
             return
-        if self.phase is Phase.STARTING:
+        if self.state is State.STARTING:
             self._fail("detached before it started")
             return
         self._on_exec_report()  # the gate is open: its report is a moment away; a failure ends it here
@@ -747,10 +750,5 @@ class Dispatch:
                 os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-        self._term_deadline = self._idle_deadline = self._recheck_deadline = None
-        self._stuck_deadline = self._start_deadline = None
-
-
-def _secs(value: float | None) -> str:
-    return "none" if value is None else f"{value:g} s"
+        self._timers.disarm_all(self)
 

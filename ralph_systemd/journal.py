@@ -22,20 +22,18 @@ what we wrote there). When it is not, every call here is a no-op and one warning
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import re
-import shlex
 import socket
 import stat
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ralph_systemd.durations import format_duration, format_size
-from ralph_systemd.result import DispatchResult, Status
+from ralph_systemd.lifecycle import Event, Line
+from ralph_systemd.result import Status
 from ralph_systemd.text import escape
 
 
@@ -67,131 +65,12 @@ MAX_ARGV_CHARS = 300  # a launched line stays readable in `systemctl status`
 _FIELD_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
-class Event(enum.StrEnum):
-    """RALPH_EVENT: which step of a dispatch's life a line records."""
-
-    LAUNCHED = "launched"
-    STOP_REQUESTED = "stop-requested"
-    EOF = "eof"
-    SIGTERM = "sigterm"
-    SIGKILL = "sigkill"
-    LEFTOVERS = "leftovers"
-    RESULT = "result"
-
-
 # ------------------------------------------------------------------------------------ pure formatting
 
-def format_argv(argv: Sequence[str]) -> str:
-    """The command as a shell would read it (quoted, not run), escaped, cut to MAX_ARGV_CHARS."""
-    return escape(shlex.join(argv), MAX_ARGV_CHARS)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One lifecycle line: what `Journal.send` puts in the journal (message, priority, RALPH_* fields)."""
-
-    event: Event
-    message: str
-    priority: int = LOG_INFO
-    fields: Mapping[str, str | int | None] = field(default_factory=dict)
-
-
-def launched_entry(*, ticket: str, session: str, argv: Sequence[str], pid: int | None = None,
-                   output: str = "file", log_path: str | None = None, timeout: float | None = None,
-                   idle_timeout: float | None = None, grace: float | None = None,
-                   memory_max: int | None = None, tasks_max: int | None = None,
-                   cpu_quota: float | None = None) -> Entry:
-    """`launched T-42 (session s1, pid 123): pi -p '/tf T-42'; timeout 1h, idle 10min, grace 30s; output file ...`"""
-    shown: list[tuple[str, Any, Callable[[Any], str]]] = [
-        ("timeout", timeout, format_duration), ("idle", idle_timeout, format_duration),
-        ("grace", grace, format_duration), ("memory", memory_max, format_size),
-        ("tasks", tasks_max, str), ("cpu", cpu_quota, lambda q: f"{q:g}%")]
-    limits = [f"{name} {fmt(value)}" for name, value, fmt in shown if value is not None]
-    who = f"session {escape(session)}" + (f", pid {pid}" if pid is not None else "")
-    where = "output to the journal" if output == "journal" else f"log {escape(log_path or '-')}"
-    msg = f"launched {escape(ticket)} ({who}): {format_argv(argv)}"
-    msg += f"; {', '.join(limits) if limits else 'no limits'}; {where}"
-    return Entry(Event.LAUNCHED, msg, LOG_INFO, {
-        "RALPH_PID": pid, "RALPH_OUTPUT": output, "RALPH_LOG": log_path,
-        "RALPH_COMMAND": escape(shlex.join(argv)),
-        "RALPH_TIMEOUT_S": _num(timeout), "RALPH_IDLE_TIMEOUT_S": _num(idle_timeout), "RALPH_GRACE_S": _num(grace),
-    })
-
-
-#: Why a stop began (RALPH_REASON) and how the line says it.
-STOP_REASONS = {
-    "timeout": "the wall-clock timeout (RuntimeMaxSec) fired",
-    "idle": "idle timeout: no output for {idle}",
-    "request": "stop requested by {by}",
-    "manager": "systemd asked us to stop it ({by})",
-    "signal": "the launcher got {by}",
-    "exception": "the launcher's `with` block raised",
-}
-
-
-def stop_requested_entry(reason: str, *, by: str | None = None, idle: float | None = None,
-                         grace: float | None = None) -> Entry:
-    """`stopping: the wall-clock timeout fired; ladder: EOF, SIGTERM, systemd's SIGKILL after 30s`."""
-    template = STOP_REASONS.get(reason, "{reason}")
-    why = template.format(by=escape(by or "someone"), idle=format_duration(idle), reason=escape(reason))
-    tail = f"; ladder: EOF, SIGTERM, systemd's SIGKILL after {format_duration(grace)}" if grace is not None else ""
-    return Entry(Event.STOP_REQUESTED, f"stopping: {why}{tail}", LOG_NOTICE,
-                 {"RALPH_REASON": reason, "RALPH_STOP_BY": by, "RALPH_GRACE_S": _num(grace)})
-
-
-def eof_entry(eof_grace: float) -> Entry:
-    """`closed the session's stdin (EOF); SIGTERM in 1s unless it exits`."""
-    return Entry(Event.EOF,
-                 f"closed the session's stdin (EOF); SIGTERM in {format_duration(eof_grace)} unless it exits",
-                 LOG_NOTICE, {"RALPH_EOF_GRACE_S": _num(eof_grace)})
-
-
-def sigterm_entry(pid: int | None, kill_in: float | None = None) -> Entry:
-    """`sent SIGTERM to the session (pid 123); systemd SIGKILLs what is left in 2s`."""
-    who = f" (pid {pid})" if pid is not None else ""
-    tail = f"; systemd SIGKILLs what is left in {format_duration(kill_in)}" if kill_in is not None else ""
-    return Entry(Event.SIGTERM, f"sent SIGTERM to the session{who}{tail}", LOG_NOTICE,
-                 {"RALPH_PID": pid, "RALPH_SIGNAL": "SIGTERM"})
-
-
-def sigkill_entry(grace: float | None = None) -> Entry:
-    """`systemd SIGKILLed the session at the end of the 3s grace` (seen when its main process died of it)."""
-    when = f" at the end of the {format_duration(grace)} grace" if grace is not None else ""
-    return Entry(Event.SIGKILL, f"systemd SIGKILLed the session{when}", LOG_WARNING, {"RALPH_SIGNAL": "SIGKILL"})
-
-
-def leftovers_entry(count: int) -> Entry:
-    """`the session exited; stopping 2 process(es) it left in the scope`."""
-    return Entry(Event.LEFTOVERS, f"the session exited; stopping {count} process(es) it left in the scope",
-                 LOG_NOTICE, {"RALPH_LEFTOVERS": count})
-
-
-def result_entry(r: DispatchResult) -> Entry:
-    """`result: timeout (SIGKILL, terminated by sigkill) after 8.2s; systemd result timeout; 1 leftover killed`."""
-    if r.exit_code is not None:
-        code = f"exit {r.exit_code}"
-    elif r.signal is not None:
-        code = r.signal_name or f"signal {r.signal}"
-    else:
-        code = "exit code unknown"
-    msg = f"result: {r.status} ({code}, terminated {r.termination_method}) after {format_duration(r.duration_s)}"
-    if r.systemd_result:
-        msg += f"; systemd result {escape(r.systemd_result)}"
-    if r.leftovers_killed:
-        msg += f"; {r.leftovers_killed} leftover process(es) killed"
-    if r.error:
-        msg += f"; {escape(r.error, 400)}"
-    return Entry(Event.RESULT, msg, priority_for(Event.RESULT, r.status), {
-        "RALPH_STATUS": str(r.status), "RALPH_EXIT_CODE": r.exit_code, "RALPH_SIGNAL": r.signal_name,
-        "RALPH_TERMINATION": str(r.termination_method), "RALPH_SYSTEMD_RESULT": r.systemd_result,
-        "RALPH_LEFTOVERS": r.leftovers_killed, "RALPH_DURATION_S": _num(r.duration_s),
-        "RALPH_ERROR": escape(r.error) if r.error else None,
-    })
-
-
 #: The priority of each lifecycle line (a result's depends on its status: see priority_for).
-EVENT_PRIORITY = {Event.LAUNCHED: LOG_INFO, Event.STOP_REQUESTED: LOG_NOTICE, Event.EOF: LOG_NOTICE,
-                  Event.SIGTERM: LOG_NOTICE, Event.SIGKILL: LOG_WARNING, Event.LEFTOVERS: LOG_NOTICE}
+EVENT_PRIORITY = {Event.LAUNCHED: LOG_INFO, Event.WARNING: LOG_WARNING, Event.STOP_REQUESTED: LOG_NOTICE,
+                  Event.EOF: LOG_NOTICE, Event.SIGTERM: LOG_NOTICE, Event.SIGKILL: LOG_WARNING,
+                  Event.LEFTOVERS: LOG_NOTICE}
 
 
 def priority_for(event: str, status: str | None = None) -> int:
@@ -370,41 +249,13 @@ class Journal:
             return False
         return True
 
-    def lifecycle(self, unit: str, event: str, message: str, fields: Mapping[str, object]) -> bool:
-        """One lifecycle line from the Dispatch's own wording and facts (the DispatchHost.lifecycle hook):
-        priority from the event (and a result's status), facts as RALPH_* fields (see ralph_fields)."""
-        status = fields.get("status")
-        return self.event(unit, message, priority=priority_for(event, str(status) if status is not None else None),
-                          fields=ralph_fields(event, fields))
-
-    def send(self, unit: str, entry: Entry, *, ticket: str, session: str | None,
-             invocation_id: str | None = None) -> bool:
-        """One lifecycle line for a dispatch: the entry plus RALPH_EVENT, RALPH_TICKET, RALPH_SESSION, ..."""
-        fields: dict[str, str | int | None] = {
-            "RALPH_EVENT": str(entry.event), "RALPH_TICKET": ticket, "RALPH_SESSION": session,
-            "RALPH_INVOCATION_ID": invocation_id or None,
-        }
-        fields.update(entry.fields)
-        return self.event(unit, entry.message, priority=entry.priority, fields=fields)
-
-    def for_dispatch(self, unit: str, *, ticket: str, session: str | None,
-                     invocation_id: str | None = None) -> DispatchJournal:
-        return DispatchJournal(self, unit, ticket, session, invocation_id)
-
-
-@dataclass
-class DispatchJournal:
-    """A dispatch's journal: `dj.send(eof_entry(1.0))`. Set `invocation_id` once the scope has one."""
-
-    journal: Journal
-    unit: str
-    ticket: str
-    session: str | None
-    invocation_id: str | None = None
-
-    def send(self, entry: Entry) -> bool:
-        return self.journal.send(self.unit, entry, ticket=self.ticket, session=self.session,
-                                 invocation_id=self.invocation_id)
+    def lifecycle(self, unit: str, line: Line) -> bool:
+        """One lifecycle line (lifecycle.py's wording): priority from the event (and a result's status),
+        facts as RALPH_* fields (see ralph_fields)."""
+        status = line.fields.get("status")
+        return self.event(unit, line.message,
+                          priority=priority_for(line.event, str(status) if status is not None else None),
+                          fields=ralph_fields(line.event, line.fields))
 
 
 # ---------------------------------------------------------------------------------- session output

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from ralph_systemd.journal import IDENTIFIER, Event, bindings, read_state
+from ralph_systemd.journal import IDENTIFIER, bindings, read_state
+from ralph_systemd.lifecycle import Event
 from ralph_systemd.text import escape
 
 

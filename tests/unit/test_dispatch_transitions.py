@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from ralph_systemd.bus import Property, UnitState
-from ralph_systemd.dispatch import STUCK_AFTER_S, Dispatch, Phase
+from ralph_systemd.dispatch import STUCK_AFTER_S, Dispatch
+from ralph_systemd.lifecycle import Line
+from ralph_systemd.states import State, Timer
+from ralph_systemd.timers import TimerQueue
 from ralph_systemd.manager_features import features
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.spec import DispatchSpec
@@ -70,6 +73,7 @@ class ScriptedHost:
         self.orphans: dict[int, int] = {}
         self.watches: dict[int, Callable[[], None]] = {}
         self.events: list[str] = []
+        self.timers = TimerQueue()
 
     def now(self) -> float:
         return self.clock
@@ -93,8 +97,8 @@ class ScriptedHost:
     def changed(self, d: Dispatch) -> None:
         pass
 
-    def lifecycle(self, d: Dispatch, event: str, message: str, fields: Mapping[str, object]) -> None:
-        self.events.append(event)
+    def lifecycle(self, d: Dispatch, line: Line) -> None:
+        self.events.append(str(line.event))
 
     def fire_when_readable(self, fd: int, timeout: float = 10.0) -> None:
         """Block until fd is readable (a real event: the child exec'ed or exited), then run its callback."""
@@ -102,9 +106,9 @@ class ScriptedHost:
         assert ready, f"fd {fd} never became readable"
         self.readers[fd]()
 
-    def advance(self, d: Dispatch, seconds: float) -> None:
+    def advance(self, d: Dispatch, seconds: float) -> None:  # noqa: ARG002 (d: the dispatch the test watches)
         self.clock += seconds
-        d.fire_timers(self.clock)
+        self.timers.fire_due(self.clock)
 
 
 class NoOwner:
@@ -121,9 +125,9 @@ def launched(tmp_path: Path, argv: list[str], **kw: object) -> tuple[ScriptedHos
     spec = DispatchSpec(argv=argv, ticket="t-1", cwd=tmp_path, log_dir=tmp_path / "logs", **kw)  # type: ignore[arg-type]
     d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
     d.start_launch()
-    assert d.phase is Phase.STARTING and d.pid is not None
+    assert d.state is State.STARTING and d.pid is not None
     d.on_job_removed("/job/1", "done")
-    assert d.phase is Phase.RUNNING, d.result  # in its scope and released: launch() returns here
+    assert d.state is State.RUNNING, d.result  # in its scope and released: launch() returns here
     exec_fd = d._exec_fd
     assert exec_fd is not None
     host.fire_when_readable(exec_fd)  # the exec is confirmed a moment later
@@ -142,7 +146,7 @@ def test_the_ladder_sends_eof_then_sigterm_on_time_and_the_verdict_is_the_timeou
     d.on_request_stop()
     assert d.stop_reason is Status.TIMEOUT and d.step is Termination.EOF
     assert d.child is not None and d.child.stdin_w is None  # EOF: our end of its stdin is closed
-    assert d.next_deadline() == pytest.approx(host.clock + 2)
+    assert d.deadline(Timer.SIGTERM) == pytest.approx(host.clock + 2)
     host.advance(d, 1.9)
     assert d.step is Termination.EOF  # not yet
     host.advance(d, 0.2)
@@ -176,9 +180,9 @@ def test_a_stop_that_arrives_while_starting_runs_the_ladder_the_moment_the_sessi
     d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
     d.start_launch()
     d.on_request_stop()  # RuntimeMaxSec=1us fired before we saw the start job end: not lost
-    assert d.phase is Phase.STARTING and d.stop_reason is Status.TIMEOUT and d.step is Termination.NATURAL
+    assert d.state is State.STARTING and d.stop_reason is Status.TIMEOUT and d.step is Termination.NATURAL
     d.on_job_removed("/job/1", "done")
-    assert d.phase is Phase.RUNNING and d.step is Termination.EOF  # the ladder starts the moment it runs
+    assert d.state is State.STOPPING and d.step is Termination.EOF  # the ladder starts the moment it runs
     host.advance(d, 0.5)
     assert d.step is Termination.SIGTERM
     host.fire_when_readable(pidfd_of(d))
@@ -193,7 +197,7 @@ def test_idle_timeout_looks_at_the_log_once_per_idle_period(tmp_path: Path) -> N
     assert d.log_path is not None
     host.advance(d, 10)  # the log was written "just now" (its real mtime): sleep again, not stop
     assert ("stop", d.unit) not in host.bus.calls
-    deadline = d.next_deadline()
+    deadline = d.deadline(Timer.IDLE)
     assert deadline is not None and deadline > host.clock + 9
     past = time.time() - 60
     os.utime(d.log_path, (past, past))  # nothing written for a minute
@@ -273,7 +277,7 @@ def test_an_exec_failure_after_launch_returned_is_an_error_and_leaves_nothing(tm
     d = Dispatch(host, NoOwner(), ticket=spec.ticket, session=spec.session, unit=spec.unit, spec=spec)
     d.start_launch()
     d.on_job_removed("/job/1", "done")
-    assert d.phase is Phase.RUNNING
+    assert d.state is State.RUNNING
     host.fire_when_readable(pidfd_of(d))  # even if the child's exit is seen first, the exec report decides
     r = d.result
     assert r is not None and r.status is Status.ERROR and "did not start" in (r.error or "")

@@ -7,12 +7,15 @@ import logging
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ralph_systemd import journal as J
+from ralph_systemd import lifecycle as L
+from ralph_systemd.spec import DispatchSpec
 from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.text import escape
 
@@ -62,83 +65,32 @@ def test_escape_text_limit_cuts_with_dots() -> None:
     assert escape("short", 10) == "short"
 
 
-# -- the wording of each line -----------------------------------------------------------------------
+# -- the wording of each line: lifecycle.py, what the product emits --------------------------------
 
-def test_launched_message_names_ticket_session_command_limits_and_log() -> None:
-    e = J.launched_entry(ticket="T-42", session="s1", argv=["pi", "-p", "/tf T-42 --auto"], pid=123,
-                         log_path="/home/u/T-42.s1.log", timeout=3600, idle_timeout=600, grace=30,
-                         memory_max=4 * 1024**3, tasks_max=512, cpu_quota=200.0)
-    assert e.event is J.Event.LAUNCHED and e.priority == J.LOG_INFO
-    assert e.message == ("launched T-42 (session s1, pid 123): pi -p '/tf T-42 --auto'; timeout 1h, idle 10min, "
-                         "grace 30s, memory 4.0G, tasks 512, cpu 200%; log /home/u/T-42.s1.log")
-    assert e.fields["RALPH_OUTPUT"] == "file" and e.fields["RALPH_TIMEOUT_S"] == "3600"
-    assert e.fields["RALPH_COMMAND"] == "pi -p '/tf T-42 --auto'"
-
-
-def test_launched_message_in_journal_mode_and_without_limits() -> None:
-    e = J.launched_entry(ticket="T", session="s", argv=["true"], output="journal")
-    assert e.message == "launched T (session s): true; no limits; output to the journal"
-    assert e.fields["RALPH_OUTPUT"] == "journal" and e.fields["RALPH_PID"] is None
+def test_launched_line_names_the_description_output_stdin_and_limits(tmp_path: Path) -> None:
+    spec = DispatchSpec(argv=["pi", "-p", "/tf T-42 --auto"], ticket="T-42", session="s1", cwd=tmp_path,
+                        timeout=3600, grace=30)
+    line = L.launched(spec, 123, "/logs/x.log")
+    assert line.event is L.Event.LAUNCHED
+    assert line.message == (f"launched {spec.describe()} (output to log /logs/x.log, stdin null, timeout 3600 s, "
+                            "idle timeout none, grace 30 s)")
+    assert line.fields["pid"] == 123 and line.fields["stdin"] == "null" and line.fields["timeout_s"] == 3600
 
 
-def test_launched_message_escapes_and_cuts_a_hostile_argv() -> None:
-    e = J.launched_entry(ticket="T", session="s", argv=["sh", "-c", "x\n\x1b]0;pwned\x07" + "y" * 1000])
-    assert "\n" not in e.message and "\x1b" not in e.message and "\x07" not in e.message
-    assert "\\x1b]0;pwned\\x07" in e.message
-    assert len(e.message) < J.MAX_ARGV_CHARS + 100 and "..." in e.message
+def test_stop_lines_name_who_and_the_ladder_they_run() -> None:
+    assert L.stop_requested(Status.TIMEOUT, L.ladder_words(5, False), by_manager=True).message == \
+        "systemd stops the scope (timeout): SIGTERM, then SIGKILL after 5 s"
+    assert L.stop_requested(Status.STOPPED, L.ladder_words(2.5, True), by_manager=False).message == \
+        "stop requested (stopped): EOF, then SIGTERM, then SIGKILL after 2.5 s"
+    assert L.eof(0.5).message == "stdin closed (EOF); SIGTERM in 0.5 s"
+    assert L.sigkill(2).fields == {"leftovers": 2} and L.leftovers(3).event is L.Event.LEFTOVERS
 
 
-@pytest.mark.parametrize(("reason", "kw", "text"), [
-    ("timeout", {}, "stopping: the wall-clock timeout (RuntimeMaxSec) fired"),
-    ("idle", {"idle": 600}, "stopping: idle timeout: no output for 10min"),
-    ("request", {"by": "ralph-systemd stop"}, "stopping: stop requested by ralph-systemd stop"),
-    ("manager", {"by": "systemctl --user stop"}, "stopping: systemd asked us to stop it (systemctl --user stop)"),
-    ("signal", {"by": "SIGINT"}, "stopping: the launcher got SIGINT"),
-    ("something-new", {}, "stopping: something-new"),
-])
-def test_stop_requested_says_why(reason: str, kw: dict[str, object], text: str) -> None:
-    e = J.stop_requested_entry(reason, **kw)  # type: ignore[arg-type]
-    assert e.message == text and e.event is J.Event.STOP_REQUESTED and e.fields["RALPH_REASON"] == reason
-
-
-def test_stop_requested_with_grace_names_the_ladder() -> None:
-    e = J.stop_requested_entry("timeout", grace=3)
-    assert e.message.endswith("; ladder: EOF, SIGTERM, systemd's SIGKILL after 3s")
-
-
-def test_ladder_step_messages() -> None:
-    assert J.eof_entry(1.0).message == "closed the session's stdin (EOF); SIGTERM in 1s unless it exits"
-    assert J.sigterm_entry(42, 2.5).message == ("sent SIGTERM to the session (pid 42); "
-                                                "systemd SIGKILLs what is left in 2.5s")
-    assert J.sigterm_entry(None).message == "sent SIGTERM to the session"
-    assert J.sigkill_entry(3).message == "systemd SIGKILLed the session at the end of the 3s grace"
-    assert J.sigkill_entry(3).priority == J.LOG_WARNING
-    assert J.leftovers_entry(2).message == "the session exited; stopping 2 process(es) it left in the scope"
-    assert [e.event for e in (J.eof_entry(1), J.sigterm_entry(1), J.sigkill_entry(), J.leftovers_entry(1))] == [
-        J.Event.EOF, J.Event.SIGTERM, J.Event.SIGKILL, J.Event.LEFTOVERS]
-
-
-def test_result_message_and_fields_completed() -> None:
-    e = J.result_entry(_result())
-    assert e.message == "result: completed (exit 0, terminated natural) after 2.5s; systemd result success"
-    assert e.priority == J.LOG_INFO
-    assert e.fields["RALPH_STATUS"] == "completed" and e.fields["RALPH_EXIT_CODE"] == 0
-    assert e.fields["RALPH_SIGNAL"] is None and e.fields["RALPH_TERMINATION"] == "natural"
-
-
-def test_result_message_for_a_timeout_killed_by_sigkill_with_leftovers() -> None:
-    e = J.result_entry(_result(status=Status.TIMEOUT, termination_method=Termination.SIGKILL, exit_code=None,
-                               signal=signal.SIGKILL, systemd_result="timeout", leftovers_killed=2, duration_s=8.24))
-    assert e.message == ("result: timeout (SIGKILL, terminated sigkill) after 8.2s; systemd result timeout; "
-                         "2 leftover process(es) killed")
-    assert e.priority == J.LOG_WARNING and e.fields["RALPH_SIGNAL"] == "SIGKILL"
-    assert e.fields["RALPH_EXIT_CODE"] is None and e.fields["RALPH_LEFTOVERS"] == 2
-
-
-def test_result_message_for_an_error_carries_it_escaped() -> None:
-    e = J.result_entry(_result(status=Status.ERROR, exit_code=None, systemd_result=None, error="no such\nprogram"))
-    assert e.message == "result: error (exit code unknown, terminated natural) after 2.5s; no such\\nprogram"
-    assert e.priority == J.LOG_ERR and e.fields["RALPH_ERROR"] == "no such\\nprogram"
+def test_result_line_and_its_fields() -> None:
+    line = L.result(_result(status=Status.TIMEOUT, termination_method=Termination.SIGKILL, exit_code=None,
+                            signal=signal.SIGKILL, systemd_result="timeout", leftovers_killed=1, duration_s=8.25))
+    assert line.message == "timeout (signal SIGKILL, sigkill, systemd result timeout, 1 leftover(s) killed, 8.250 s)"
+    assert line.fields["status"] == "timeout" and line.fields["signal"] == "SIGKILL"
 
 
 # -- the fields sent --------------------------------------------------------------------------------
@@ -179,19 +131,6 @@ class FakeSender:
         if self.fail is not None:
             raise self.fail
         self.sent.append(fields)
-
-
-def test_send_adds_the_dispatch_fields() -> None:
-    fake = FakeSender()
-    dj = J.Journal(fake).for_dispatch("u.scope", ticket="T-1", session="s1")
-    assert dj.send(J.eof_entry(1.0))
-    dj.invocation_id = "inv"
-    assert dj.send(J.result_entry(_result()))
-    first, second = (dict(f.split("=", 1) for f in sent) for sent in fake.sent)
-    assert first["RALPH_EVENT"] == "eof" and first["RALPH_TICKET"] == "T-1" and first["RALPH_SESSION"] == "s1"
-    assert "RALPH_INVOCATION_ID" not in first
-    assert second["RALPH_EVENT"] == "result" and second["USER_INVOCATION_ID"] == "inv"
-    assert second["RALPH_EXIT_CODE"] == "0" and second["USER_UNIT"] == "u.scope"
 
 
 def test_journal_off_sends_nothing_and_says_why_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -332,11 +271,11 @@ def test_journal_output_is_built_in_the_parent_with_the_program_name() -> None:
 
 def test_lifecycle_maps_the_dispatch_facts_to_ralph_fields() -> None:
     fake = FakeSender()
-    assert J.Journal(fake).lifecycle(
-        "ralph-T\\x2d1.scope", "result", "timeout (signal SIGKILL, ...)\nsecond line",
+    assert J.Journal(fake).lifecycle("ralph-T\\x2d1.scope", L.Line(
+        L.Event.RESULT, "timeout (signal SIGKILL, ...)\nsecond line",
         {"ticket": "T-1", "session": "s1", "unit": "ralph-T\\x2d1.scope", "status": "timeout", "exit_code": None,
          "signal": "SIGKILL", "termination": "sigkill", "leftovers": 2, "duration_s": 8.25,
-         "invocation_id": "abc"})
+         "invocation_id": "abc"}))
     sent = dict(f.split("=", 1) for f in fake.sent[0])
     assert sent == {"MESSAGE": "timeout (signal SIGKILL, ...)\\nsecond line", "PRIORITY": "4",
                     "SYSLOG_IDENTIFIER": "ralph-systemd", "USER_UNIT": "ralph-T\\x2d1.scope",
@@ -347,7 +286,7 @@ def test_lifecycle_maps_the_dispatch_facts_to_ralph_fields() -> None:
 
 
 @pytest.mark.parametrize(("event", "status", "prio"), [
-    ("launched", None, J.LOG_INFO), ("stop-requested", None, J.LOG_NOTICE), ("eof", None, J.LOG_NOTICE),
+    ("launched", None, J.LOG_INFO), ("warning", None, J.LOG_WARNING), ("stop-requested", None, J.LOG_NOTICE), ("eof", None, J.LOG_NOTICE),
     ("sigterm", None, J.LOG_NOTICE), ("sigkill", None, J.LOG_WARNING), ("leftovers", None, J.LOG_NOTICE),
     ("result", "completed", J.LOG_INFO), ("result", "failed", J.LOG_WARNING), ("result", "timeout", J.LOG_WARNING),
     ("result", "error", J.LOG_ERR), ("result", "oom", J.LOG_ERR), ("result", "unknown", J.LOG_ERR),
