@@ -22,6 +22,7 @@ import pytest
 
 from ralph_systemd import DispatchSpec, Status, Supervisor
 from ralph_systemd import journal as J
+from ralph_systemd.lifecycle import Event, Line
 from ralph_systemd.journal_read import SETTLE_S, UnitJournal, find_launch, follow, latest_output_us
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -188,8 +189,8 @@ def test_forked_child_connected_inside_its_scope_has_its_lines_under_the_scope(t
             assert text == [f"out {tag}", f"err {tag}", f"esc {tag} \\x1b[31mred"]
             # What `logs` does: find the run from its launched line, then read its output (the last 2 lines).
             journal = J.Journal()
-            journal.send(d.unit, J.launched_entry(ticket=t, session=d.session or "", argv=["x"], output="journal"),
-                         ticket=t, session=d.session, invocation_id=inv)
+            journal.lifecycle(d.unit, Line(Event.LAUNCHED, "launched x", {
+                "ticket": t, "session": d.session, "invocation_id": inv, "output": "journal"}))
             _wait_entries(1, RALPH_TICKET=t, RALPH_EVENT="launched")
             rec = find_launch(t, d.session)
             assert rec is not None and rec.output == "journal" and rec.invocation_id == inv
