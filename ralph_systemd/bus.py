@@ -71,6 +71,9 @@ class BusEvent:
     changes: dict[str, Any] | None = None  # unit-changed: the new values (strings decoded, InvocationID as hex)
 
 
+ENDED_STATES = ("inactive", "failed")  # ActiveState of a unit that has ended (its Result is final)
+
+
 @dataclass(frozen=True)
 class UnitState:
     """One consistent snapshot of a unit (GetAll on Unit and Scope)."""
@@ -99,7 +102,7 @@ class UnitState:
 
     @property
     def ended(self) -> bool:
-        return self.active_state in ("inactive", "failed")
+        return self.active_state in ENDED_STATES
 
 
 Property = tuple[str, str, Any]  # (name, D-Bus signature, value)

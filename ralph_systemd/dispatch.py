@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
+from ralph_systemd.bus import ENDED_STATES, SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
 from ralph_systemd.launch import Launch, LaunchError
 from ralph_systemd import lifecycle
@@ -48,7 +48,6 @@ JOB_WAIT_S = 30.0  # a scope's start job takes milliseconds; this only bounds a 
 STUCK_AFTER_S = 2.0  # after the scope ended, how long our child may take to exit before we call it stuck
 TIMEOUT_SLACK_S = 0.2  # a stop this close to RuntimeMaxSec is the wall timeout firing
 RECHECK_S = 1.0  # how soon to look at the unit again when a read failed or a signal may have been lost
-ENDED = ("inactive", "failed")
 
 
 class DispatchHost(Protocol):
@@ -453,7 +452,7 @@ class Dispatch:
 
     def _after_main_exit(self) -> None:
         """Session exit is authoritative: whatever is left in its scope is counted and stopped."""
-        if self.active_state in ENDED:
+        if self.active_state in ENDED_STATES:
             self._read_outcome()
             return
         if not self._watch_cgroup_empty():
@@ -515,7 +514,7 @@ class Dispatch:
             if state == "active" and self._exec_fd is None and self._launch is not None:
                 self._open_gate()  # in case its JobRemoved is lost
             return
-        if state in ENDED:
+        if state in ENDED_STATES:
             if self.main_exited:
                 self._read_outcome()
             else:
@@ -539,7 +538,7 @@ class Dispatch:
             return
         self.active_state = active
         self.invocation_id = self.invocation_id or invocation_id or None
-        if active in ENDED:
+        if active in ENDED_STATES:
             self._unit_result = result
             self._maybe_finish()
 

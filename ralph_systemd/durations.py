@@ -11,7 +11,7 @@ import math
 import re
 from fractions import Fraction
 
-USEC = 1e-6
+S_PER_US = 1e-6  # one microsecond, in seconds
 MAX_LIMIT = 2**64 - 2  # systemd's uint64 limits: 2^64 - 1 means "infinity"
 MAX_CPU_PERCENT = 100_000.0  # a thousand CPUs
 _MINUTE = 60.0
@@ -19,7 +19,7 @@ _HOUR = 3600.0
 _DAY = 86400.0
 #: systemd.time(7): a month is 30.44 days, a year 365.25 days.
 _UNITS: dict[str, float] = {
-    "us": USEC, "usec": USEC, "µs": USEC, "μs": USEC,
+    "us": S_PER_US, "usec": S_PER_US, "µs": S_PER_US, "μs": S_PER_US,
     "ms": 1e-3, "msec": 1e-3,
     "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
     "m": _MINUTE, "min": _MINUTE, "minute": _MINUTE, "minutes": _MINUTE,

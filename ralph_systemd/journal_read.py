@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -291,18 +291,6 @@ def find_launch(ticket: str, session: str | None = None, uid: int | None = None,
             session=str(e.get("RALPH_SESSION", "")), invocation_id=e.get("RALPH_INVOCATION_ID") or None,
             output=str(e.get("RALPH_OUTPUT", "file")), log_path=e.get("RALPH_LOG") or None,
             realtime_us=_realtime_us(e.get("__REALTIME_TIMESTAMP")))
-    finally:
-        r.close()
-
-
-def iter_entries(**matches: str) -> Iterator[dict[str, Any]]:
-    """Every entry of the user's journal matching all `matches` (tests and tools; oldest first)."""
-    r = _reader()
-    try:
-        r.add_match(**matches)
-        r.seek_head()
-        while e := r.get_next():
-            yield e
     finally:
         r.close()
 

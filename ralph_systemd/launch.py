@@ -28,7 +28,7 @@ from ralph_systemd.scope import log_uri
 from ralph_systemd.spawn import GatedChild, fork_gated, resolve_executable
 from ralph_systemd.spec import DispatchSpec
 
-USEC = 1_000_000
+US_PER_S = 1_000_000  # systemd's *USec properties are in microseconds
 
 
 class LaunchError(Exception):
@@ -53,17 +53,17 @@ def scope_properties(spec: DispatchSpec, pid: int, controller: str, log_path: st
         ("KillMode", "s", b"control-group"),
         ("KillSignal", "i", 15),
         ("SendSIGKILL", "b", True),
-        ("TimeoutStopUSec", "t", int(spec.grace * USEC)),
+        ("TimeoutStopUSec", "t", int(spec.grace * US_PER_S)),
         ("Controller", "s", controller.encode()),
     ]
     if spec.timeout is not None:
-        props.append(("RuntimeMaxUSec", "t", max(1, int(spec.timeout * USEC))))
+        props.append(("RuntimeMaxUSec", "t", max(1, int(spec.timeout * US_PER_S))))
     if spec.memory_max is not None:
         props.append(("MemoryMax", "t", spec.memory_max))
     if spec.tasks_max is not None:
         props.append(("TasksMax", "t", spec.tasks_max))
     if spec.cpu_quota is not None:
-        props.append(("CPUQuotaPerSecUSec", "t", max(1000, int(spec.cpu_quota / 100 * USEC))))
+        props.append(("CPUQuotaPerSecUSec", "t", max(1000, int(spec.cpu_quota / 100 * US_PER_S))))
     return props
 
 

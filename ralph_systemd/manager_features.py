@@ -23,10 +23,6 @@ OLDEST_TESTED = 252
 SCOPE_OOM_POLICY = 253
 """NEWS 253: "Scope units now support OOMPolicy=". Stable series may have it earlier: Debian 12's 252.39 accepts
 it and reports it on the Scope interface (measured), so below 253 `scope_oom_policy` means "not known to"."""
-GET_UNIT_BY_PIDFD = 253
-"""NEWS 253: Manager.GetUnitByPIDFD(h), process ownership by pidfd, safe against PID recycling."""
-QUEUE_SIGNAL = 254
-"""NEWS 254: Manager.QueueSignalUnit / Unit.QueueSignal (sigqueue() with a value)."""
 SCOPE_PIDFDS = 255
 """NEWS 255: "Scope units can now be created using PIDFDs instead of PIDs": StartTransientUnit accepts
 the property `PIDFDs` (signature `ah`) for a scope."""
@@ -75,15 +71,6 @@ class ManagerFeatures:
         it). False below 253 means only "not guaranteed": some 252 builds have it (see SCOPE_OOM_POLICY)."""
         return self.version.major >= SCOPE_OOM_POLICY
 
-    @property
-    def get_unit_by_pidfd(self) -> bool:
-        """Manager.GetUnitByPIDFD exists."""
-        return self.version.major >= GET_UNIT_BY_PIDFD
-
-    @property
-    def queue_signal(self) -> bool:
-        """Manager.QueueSignalUnit exists."""
-        return self.version.major >= QUEUE_SIGNAL
 
 
 def features(version: str) -> ManagerFeatures:

@@ -130,12 +130,6 @@ def is_unit_name_of_ours(unit: str) -> bool:
     return len(unit) <= MAX_UNIT_NAME and _LEGACY_RE.fullmatch(unit) is not None
 
 
-def ticket_from_unit_name(unit: str) -> str | None:
-    """The ticket id a `ralph-<key>-*.scope` unit name was made from, or None for other names."""
-    parsed = parse_unit_name(unit)
-    return parsed[1] if parsed else None
-
-
 def find_project_root(directory: str | os.PathLike[str]) -> Path:
     """The project a directory belongs to: the directory holding the git *common* directory (so every worktree
     of one repository is one project), or, outside git, the directory itself. File reads only, no `git`."""

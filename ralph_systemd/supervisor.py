@@ -24,7 +24,7 @@ from ralph_systemd.bus import SystemdBus
 from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.engine import Engine
 from ralph_systemd.manager_features import ManagerFeatures
-from ralph_systemd.inspect import UNIT_PATTERN, resolve_unit
+from ralph_systemd.unit_info import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
 from ralph_systemd.spec import DispatchSpec
 

@@ -24,7 +24,7 @@ from ralph_systemd.durations import format_duration, format_size
 from ralph_systemd.journal_read import LaunchRecord, find_launch, write_lines
 from ralph_systemd.journal_read import follow as follow_journal
 from ralph_systemd.follow import FollowError, copy_new, follow
-from ralph_systemd.inspect import (
+from ralph_systemd.unit_info import (
     UNIT_PATTERN,
     AmbiguousTicket,
     DispatchInfo,

@@ -196,11 +196,6 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def signalled() -> int | None:
-    """The signal (SIGINT/SIGTERM) that ended tf's loop, if one did."""
-    return _State.signalled
-
-
 def finish(*, detach: bool = False) -> None:
     """After tf's entry point returned or raised: on a signal, stop every running dispatch with the ladder
     and record it "failed" in tf's registry; else detach (fire-and-forget `ralph run`) or stop what tf left

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ralph_systemd import DispatchSpec, Status, Supervisor
-from ralph_systemd.naming import ticket_from_unit_name, unit_name_for_ticket
+from ralph_systemd.naming import parse_unit_name, unit_name_for_ticket
 
 pytest_plugins = ["faults_table"]
 pytestmark = pytest.mark.slow
@@ -128,7 +128,7 @@ def test_ticket_fuzz_every_id_is_a_unique_valid_unit_or_a_clear_error(tmp_path: 
             return
         assert name.startswith("ralph-") and name.endswith(".scope") and "/" not in name
         assert len(name) <= 255 and all(c.isascii() and (c.isalnum() or c in ":_.-\\@") for c in name)
-        assert ticket_from_unit_name(name) == t
+        assert (parse_unit_name(name) or ('', None))[1] == t
         other = names.setdefault(name, t)
         assert other == t, f"tickets {other!r} and {t!r} share unit {name}"
 
@@ -362,7 +362,7 @@ def _confined(t: str) -> None:
         return
     assert name.startswith(f"ralph-{KEY}-") and name.endswith(".scope") and "/" not in name
     assert all(c.isascii() and (c.isalnum() or c in ":_.-\\") for c in name)  # no '@': never a template
-    assert ticket_from_unit_name(name) == t
+    assert (parse_unit_name(name) or ('', None))[1] == t
 
 
 def test_ticket_cannot_steer_the_unit_name(figure: Figure) -> None:

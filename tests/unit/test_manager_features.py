@@ -39,8 +39,6 @@ def test_gates_on_the_two_tested_managers() -> None:
     assert old.supported and new.supported
     assert (old.scope_pidfds, new.scope_pidfds) == (False, True)
     assert (old.scope_oom_policy, new.scope_oom_policy) == (False, True)
-    assert (old.get_unit_by_pidfd, new.get_unit_by_pidfd) == (False, True)
-    assert (old.queue_signal, new.queue_signal) == (False, True)
 
 
 @pytest.mark.parametrize("version, pidfds, oom", [

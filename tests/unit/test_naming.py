@@ -18,7 +18,6 @@ from ralph_systemd.naming import (
     parse_log_file_name,
     parse_unit_name,
     project_key,
-    ticket_from_unit_name,
     unescape,
     unit_name_for_ticket,
 )
@@ -37,7 +36,7 @@ def test_every_ticket_is_a_valid_name_or_a_clear_error(ticket: str) -> None:
         return
     assert VALID_UNIT.fullmatch(name), name
     assert len(name) <= 255
-    assert ticket_from_unit_name(name) == ticket
+    assert (parse_unit_name(name) or ('', None))[1] == ticket
 
 
 @settings(max_examples=2000)
@@ -86,7 +85,7 @@ def test_escape_round_trips() -> None:
                                   "ralph-0123ABCD-x.scope", "ralph-0123abcd-a\\x2.scope", "ralph-0123abcd-\\xff.scope",
                                   "ralph-0123abcd-\\x61.scope", "foo.scope"])
 def test_names_we_never_make_do_not_parse(name: str) -> None:
-    assert parse_unit_name(name) is None and ticket_from_unit_name(name) is None
+    assert parse_unit_name(name) is None and (parse_unit_name(name) or ('', None))[1] is None
 
 
 def test_names_of_ours_old_and_new() -> None:
