@@ -33,6 +33,11 @@ NESTED_AGENT_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_POR
 MAX_TIMEOUT_S = 10 * 365 * 24 * 3600.0  # ten years: beyond that a "timeout" is a typo
 
 
+def default_eof_grace(grace: float) -> float:
+    """With stdin "pipe", EOF to SIGTERM when not given: a quarter of the grace, at most 2 s."""
+    return min(2.0, grace / 4)
+
+
 def default_log_dir() -> Path:
     """$XDG_STATE_HOME/ralph-systemd/logs (~/.local/state/ralph-systemd/logs)."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -165,7 +170,7 @@ class DispatchSpec:
                                  "ladder starts with SIGTERM; leave eof_grace out")
             object.__setattr__(self, "eof_grace", 0.0)
         elif self.eof_grace is None:
-            object.__setattr__(self, "eof_grace", min(2.0, grace / 4))
+            object.__setattr__(self, "eof_grace", default_eof_grace(grace))
         eof_grace = _seconds("eof_grace", self.eof_grace, allow_none=False, allow_zero=True)
         assert eof_grace is not None
         if eof_grace >= grace:

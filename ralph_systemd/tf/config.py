@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ralph_systemd.spec import DEFAULT_SLICE, NESTED_AGENT_ENV, STDIN_NULL, STDIN_PIPE, DispatchSpec
+from ralph_systemd.spec import DEFAULT_SLICE, NESTED_AGENT_ENV, default_eof_grace, STDIN_NULL, STDIN_PIPE, DispatchSpec
 
 BACKEND_NAME = "systemd"
 CONFIG_SECTION = "systemd"
@@ -130,7 +130,7 @@ def _eof_grace_s(cfg: BackendConfig) -> float:
     if cfg.stdin != STDIN_PIPE:
         return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms else 0.0
     grace = cfg.grace_ms / 1000
-    return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms is not None else min(grace / 4, 2.0)
+    return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms is not None else default_eof_grace(grace)
 
 
 def ladder_times(cfg: BackendConfig, timeout_ms: float) -> tuple[float, float]:
