@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from ralph_systemd import instrument
 from ralph_systemd.bus import SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
 from ralph_systemd.launch import Launch, LaunchError
@@ -212,6 +213,7 @@ class Dispatch:
 
     def on_job_removed(self, job: str, result: str) -> None:
         """The manager finished a job; ours is the scope's start job."""
+        instrument.mark("dispatch.job_removed", self.unit)
         if self.phase is not Phase.STARTING or self._launch is None or job != self._job or self._exec_fd is not None:
             return
         if result == "canceled":  # someone stopped the unit before it started (StopUnit replaced the job)
@@ -230,6 +232,7 @@ class Dispatch:
         assert self._launch is not None and self._launch.child is not None and self.spec is not None
         self._recheck_deadline = None
         self._start_deadline = None
+        instrument.mark("dispatch.gate_open", self.unit)
         self._exec_fd = self._launch.open_gate()
         self._host.add_reader(self._exec_fd, self._on_exec_report)
         self.child = self._launch.child
@@ -269,6 +272,7 @@ class Dispatch:
         self._host.remove_reader(self._exec_fd)
         self._exec_fd = None
         why = self._launch.exec_failure()
+        instrument.mark("dispatch.exec_reported", self.unit)
         for notice in self._launch.child.notices if self._launch.child is not None else []:
             self.warnings.append(f"journal output unavailable ({notice}): the output goes to the log file "
                                  f"{self.log_path}")
@@ -431,6 +435,7 @@ class Dispatch:
         self._host.remove_reader(self.child.pidfd)
         self.child.close_all()
         self.main_exited = True
+        instrument.mark("dispatch.main_exited", self.unit)
         self._zombie = info is not None
         self.main_exit_step = self.step
         if info is not None:
@@ -602,6 +607,7 @@ class Dispatch:
     # -- timers -------------------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        instrument.mark("loop.deadline", self.unit)
         ds = [d for d in (self._term_deadline, self._idle_deadline, self._recheck_deadline, self._stuck_deadline,
                           self._start_deadline) if d is not None]
         return min(ds) if ds else None
@@ -690,6 +696,7 @@ class Dispatch:
             result = dataclasses.replace(result, warnings=tuple(self.warnings))
         self.result = result
         self.phase = Phase.DONE
+        instrument.mark("dispatch.end", self.unit)
         self.close()
         if self._holds_ref:
             self._holds_ref = False

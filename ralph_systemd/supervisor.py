@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, TypeVar
 
+from ralph_systemd import instrument
 from ralph_systemd.bus import NO_LIMIT, BusEvent, PystemdUserBus, SystemdBus, monotonic_us, unit_path
 from ralph_systemd.dispatch import Dispatch, Phase
 from ralph_systemd.evloop import EventLoop
@@ -420,6 +421,7 @@ class Supervisor:
     def _turn(self) -> None:
         """One turn: start a pending launch, handle queued bus signals and due timers, then sleep until an
         fd is ready, a call arrives, or the nearest deadline."""
+        instrument.mark("loop.turn")
         if self._pending:
             self._start_next()
         self._handle_bus()

@@ -1,7 +1,7 @@
 """Launch and completion latency of ralph-systemd, with the manager's own floor beside it, in one run.
 
     ./dev bench [--quick] [--json] [--baseline OLD_TREE] [--favordynmods keep|both|on|off]
-    (or: python -m ralph_systemd.bench ..., where a user manager is reachable)
+    (or: python -m bench ..., where a user manager is reachable)
 
 Contenders, interleaved round-robin (each iteration runs every contender once, in a rotating order, so
 machine noise hits all alike):
@@ -16,13 +16,13 @@ machine noise hits all alike):
 - `systemd-run --user --scope`, and a bare subprocess.Popen (no scope at all).
 
 Two regimes: back to back, and with 250 ms of idle before each call: the kernel's cgroup migration waits
-for an RCU grace period unless another migration happened moments before (see bench_host.py), so the
-floor is bimodal. With --favordynmods both (root on the host, or a `bench_host serve` process) the run is
+for an RCU grace period unless another migration happened moments before (see host.py), so the
+floor is bimodal. With --favordynmods both (root on the host, or a `bench.host serve` process) the run is
 repeated with the option on and off, and the previous state is restored on every exit path.
 
 Then: fan-out (N sessions launched; time until all run inside their scopes, per-launch and launch_many
 when the package has it), the waiting cost while they sleep (caller-thread and process CPU, RSS), and an
-instrumented breakdown of one launch (bench_probe.py). Figures are printed (or --json), never asserted.
+instrumented breakdown of one launch (bench/probe.py). Figures are printed (or --json), never asserted.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import ralph_systemd
-from ralph_systemd import bench_host
-from ralph_systemd.bench_probe import fork_costs, inotify_costs, probe_all, profile_fanout
-from ralph_systemd.bench_ralph import RalphBench, Worker, mono_us, wait_fifo_opened
-from ralph_systemd.bench_stats import (
+from bench import host as bench_host
+from bench.probe import fork_costs, inotify_costs, probe_all, profile_fanout
+from bench.ralph import RalphBench, mono_us, wait_fifo_opened
+from bench.worker import Worker
+from bench.stats import (
     Summary,
     TargetLine,
     cell,
@@ -426,7 +427,7 @@ def _x(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ralph_systemd.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a ~20 s run (fewer iterations, 64-session fan-out)")
     ap.add_argument("--iterations", type=int, help="back-to-back iterations per phase (default 60; quick 10)")
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--favordynmods", choices=("keep", "both", "on", "off"), default="keep",
                     help="keep (default: report the host's setting), or run with it off and on / on / off and "
                          "restore it afterwards (host-wide: needs root on the host or --toggle-dir)")
-    ap.add_argument("--toggle-dir", help="FIFO directory of a `python -m ralph_systemd.bench_host serve` (host)")
+    ap.add_argument("--toggle-dir", help="FIFO directory of a `python -m bench.host serve` (host)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--profile-fanout", type=int, metavar="N", help="only profile (cProfile, every thread) a "
                     "fan-out of N sessions with this tree's Supervisor, print where its CPU goes, and stop")
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--toggle-dir is only for --favordynmods both|on|off")
     if args.favordynmods != "keep" and not args.toggle_dir and not _can_remount_here():
         ap.error("--favordynmods both|on|off needs root in the host's cgroup namespace (the option is "
-                 "host-wide), or --toggle-dir of a `python -m ralph_systemd.bench_host serve` run as root on "
+                 "host-wide), or --toggle-dir of a `python -m bench.host serve` run as root on "
                  "the host")
     if args.baseline and not (Path(args.baseline) / "ralph_systemd" / "__init__.py").is_file():
         ap.error(f"--baseline {args.baseline}: no ralph_systemd/__init__.py in it; give the directory that "
