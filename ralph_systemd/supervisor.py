@@ -35,6 +35,7 @@ from ralph_systemd.dispatch import Dispatch, Phase
 from ralph_systemd.evloop import EventLoop
 from ralph_systemd.inotify import IN_IGNORED, IN_MODIFY, Inotify
 from ralph_systemd.journal import Journal
+from ralph_systemd.limits import preflight
 from ralph_systemd.manager_features import ManagerFeatures, features
 from ralph_systemd.inspect import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
@@ -236,6 +237,7 @@ class Supervisor:
         """Launch several at once, pipelined: the loop thread forks and asks for the next scope while the
         manager starts the earlier ones. Returns when every one runs or has failed, in the order given."""
         self._check_open()
+        preflight(len(specs), len(self._live) + len(self._pending), slices=tuple({s.slice for s in specs}))
         dispatches = [Dispatch(self._host_or_raise(), self, ticket=s.ticket, session=s.session, unit=s.unit,
                                spec=s) for s in specs]
         # Handed over without waiting for an answer: the caller sleeps until the launches are done, and the
