@@ -36,7 +36,7 @@ def wait_fifo_opened(fd: int, timeout: float = 10.0) -> float:
     return t
 
 
-def _helpers_cpu() -> dict[str, float]:
+def helpers_cpu() -> dict[str, float]:
     """CPU seconds used so far by this user's systemd manager and bus daemon (the other two processes every
     launch goes through), from /proc; empty when they cannot be read."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -155,7 +155,7 @@ class RalphBench:
         then the caller-thread and process CPU while they sleep, and RSS; then wait for all."""
         from bench.stats import in_unit  # the bench's own pure helper, whatever package is measured
         specs = [self._spec(["sleep", str(sleep_s)], ticket=f"fan-{i}-{uuid.uuid4().hex[:6]}") for i in range(n)]
-        helpers0, own0 = _helpers_cpu(), time.process_time()
+        helpers0, own0 = helpers_cpu(), time.process_time()
         t0 = time.perf_counter()
         if use_many:
             ds = list(self.sup.launch_many(specs))
@@ -181,7 +181,7 @@ class RalphBench:
                     raise RuntimeError(f"{len(pending)} sessions not in their scopes after 60 s")
                 time.sleep(0.001)
         t_all = time.perf_counter()
-        own1, helpers1 = time.process_time(), _helpers_cpu()
+        own1, helpers1 = time.process_time(), helpers_cpu()
         fan_cpu = {"supervisor": own1 - own0, **{k: helpers1[k] - helpers0.get(k, 0.0) for k in helpers1}}
         # waiting cost: while every session sleeps, the caller blocks in wait_all with a timeout
         window = max(0.5, sleep_s - (t_all - t0) - 1.0)
