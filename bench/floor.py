@@ -119,17 +119,18 @@ class Floor:
         """n `sleep` children (posix_spawn: no gate, no log), each put in a bare scope (PIDs only), the calls
         back to back as a client without pipelining makes them; returns (scope, pid) pairs and the seconds
         until every scope's JobRemoved was seen."""
-        sleep = "/bin/sleep" if os.path.exists("/bin/sleep") else "/usr/bin/sleep"
         t0 = time.perf_counter()
-        kids = [(f"bench-floor-{uuid.uuid4().hex[:12]}.scope", os.posix_spawn(sleep, [sleep, "3600"], os.environ))
-                for _ in range(n)]
-        waiting = {name for name, _ in kids}
+        kids = spawn_sleepers(n)
+        self.start_scopes(kids)
+        return kids, time.perf_counter() - t0
+
+    def start_scopes(self, kids: list[tuple[str, int]]) -> None:
+        """StartTransientUnit for each (scope, pid), back to back; returns once every JobRemoved was seen."""
         self._pending = self.bus.drain()
         for name, pid in kids:
             self.bus.start_transient_scope(name, [("PIDs", "au", [pid])])
             self._pending += self.bus.drain()
-        self._await_all(waiting, "job-removed")
-        return kids, time.perf_counter() - t0
+        self._await_all({name for name, _ in kids}, "job-removed")
 
     def stop_all(self, kids: list[tuple[str, int]]) -> float:
         """StopUnit for each (back to back), until every scope is gone and every child reaped; seconds."""
@@ -157,3 +158,10 @@ class Floor:
                 raise RuntimeError(f"floor: {len(names)} scopes without {kind} after {timeout:.0f} s")
             select.select([self.bus.fileno()], [], [], min(left, 1.0))
             self._pending = self.bus.drain()
+
+
+def spawn_sleepers(n: int) -> list[tuple[str, int]]:
+    """n `sleep 3600` children of ours (posix_spawn), each with the name of the bare scope it is meant for."""
+    sleep = "/bin/sleep" if os.path.exists("/bin/sleep") else "/usr/bin/sleep"
+    return [(f"bench-floor-{uuid.uuid4().hex[:12]}.scope", os.posix_spawn(sleep, [sleep, "3600"], os.environ))
+            for _ in range(n)]

@@ -136,6 +136,10 @@ def probe_launches(b: RalphBench, runs: int) -> dict[str, Any]:
                     row["active_to_jobremoved_seen"] = at["dispatch.job_removed"] - active
                 if "dispatch.gate_open" in at:
                     row["gate_open_to_return"] = total - at["dispatch.gate_open"]
+                    # The gate opens on the first of JobRemoved and the scope's PropertiesChanged(active):
+                    # from the manager's "active" is the robust figure (jobremoved_to_gate_open < 0 when the
+                    # PropertiesChanged came first).
+                    row["active_to_gate_open"] = at["dispatch.gate_open"] - active
                 rows.append(row)
     finally:
         side.close()
