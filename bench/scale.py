@@ -10,7 +10,7 @@ For each N, in one run and one process:
   package's instrumentation points) per dispatch; then K more dispatches, one at a time, while the N are
   live: their launch and completion latency and the loop work each costs (per-event work that grows with N
   shows here), and the probe's breakdown of one such launch; then stop_all until every result is in, with
-  its CPU (eof_grace=0: `sleep` ignores EOF, so the ladder's EOF step would only add its wait);
+  its CPU (stdin is /dev/null, the default: the ladder starts with SIGTERM);
 - the manager's floor: a bare client (bench/floor.py) puts N `sleep` children in bare scopes (PIDs only), back
   to back, until every JobRemoved is seen; its CPU and the manager's and the bus daemon's per scope; K more
   scopes one at a time while the N are live (the manager's call -> active); StopUnit for all until every
@@ -46,7 +46,7 @@ def ralph_point(rb: RalphBench, n: int, extra: int) -> dict[str, Any]:
     pkg = rb.pkg
     tag = uuid.uuid4().hex[:6]
     specs = [pkg.DispatchSpec(argv=["sleep", "3600"], ticket=f"scale-{n}-{i}-{tag}", cwd=rb.workdir,
-                              log_dir=rb.workdir / "logs", timeout=SESSION_TIMEOUT_S, eof_grace=0)
+                              log_dir=rb.workdir / "logs", timeout=SESSION_TIMEOUT_S)
              for i in range(n)]
     with counting(pkg) as work:
         c0, t0 = _cpu(), time.perf_counter()

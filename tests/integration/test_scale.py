@@ -39,7 +39,7 @@ def test_thousands_of_live_dispatches_each_in_its_scope_all_stopped_nothing_left
                                                                                  figure: Figure) -> None:
     prefix = ticket("scale")
     specs = [DispatchSpec(argv=["sleep", "3600"], ticket=f"{prefix}_{i}", cwd=tmp_path, log_dir=tmp_path / "logs",
-                          timeout=1800, grace=20, eof_grace=0.1) for i in range(N)]
+                          timeout=1800, grace=20) for i in range(N)]
     units = {s.unit for s in specs}
     assert len(units) == N
     with Supervisor() as sup:
