@@ -14,10 +14,11 @@ from ralph_systemd.result import DispatchResult, Status, Termination
 from ralph_systemd.retry import BusError
 from ralph_systemd.spec import DispatchSpec
 from ralph_systemd.dispatch import Dispatch
+from ralph_systemd.limits import HostLimitError
 from ralph_systemd.supervisor import Supervisor
 
 __version__ = "0.1.0"
-__all__ = ["BusError", "Dispatch", "DispatchResult", "DispatchSpec", "NoUserBusError", "Status", "Supervisor",
+__all__ = ["BusError", "Dispatch", "DispatchResult", "DispatchSpec", "HostLimitError", "NoUserBusError", "Status", "Supervisor",
            "Termination", "run"]
 
 

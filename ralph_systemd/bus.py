@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ralph_systemd import instrument
 from ralph_systemd.retry import (
     DEFAULT_RETRY_BUDGET_S,
     TRANSIENT_DBUS_ERRORS,
@@ -376,8 +377,10 @@ class PystemdUserBus:
             raise err
 
         first_connection = self._unique_name
+        instrument.mark("bus.start_call", name)
         job = call_with_retry(call, self._retry_budget_s, self._reconnect, operation=f"StartTransientUnit({name})")
         self._refs.add(name)  # AddRef=true is among the properties: we hold a ref from now on
+        instrument.mark("bus.start_reply", name)
         return _s(job)
 
     def _scope_holds(self, name: str, pids: list[int]) -> bool:

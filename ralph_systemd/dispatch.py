@@ -1,15 +1,17 @@
 """Dispatch: one session in its scope, with its state and every transition it can make.
 
-A Dispatch is driven by the loop that owns it (the Supervisor's loop thread, or a test's script): the
-loop routes events to it (`on_job_removed`, `on_request_stop`, `on_unit_changed`, `on_unit_removed`,
-readable fds through the callbacks it registered) and asks `next_deadline()` / `fire_timers(now)` for its
-timers; every state change happens in a method here (the model is supervisord's `transition()`).
+A Dispatch is driven by the loop that owns it (the Supervisor's engine, or a test's script): the loop
+routes events to it (`on_job_removed`, `on_request_stop`, `on_unit_changed`, `on_unit_removed`, readable
+fds through the callbacks it registered) and calls `on_timer(timer)` when a timer it armed is due (one
+heap for the whole loop: timers.py). Every state change happens in a method here, through `_enter`, along
+the table of states.py (the model is supervisord's `transition()`).
 
-Life: STARTING (forked, scope requested, gate closed) -> RUNNING (exec'ed inside its scope) -> DONE
-(`result` set). Completion = the main process has exited (pidfd, reaped at once) AND the manager says the
-scope has ended (asked as soon as the kernel reports the cgroup empty; its PropertiesChanged signal is the
-fallback). The kill ladder (EOF, SIGTERM, then systemd's SIGKILL at the end of the grace) starts when the
-manager sends RequestStop (we are the scope's Controller), or when StopUnit cannot be sent.
+Life: STARTING (forked, scope requested, gate closed) -> RUNNING (exec'ed inside its scope) -> STOPPING
+(the ladder runs) -> EXITED (the main process ended) -> DONE (`result` set). Completion = the main process
+has exited (pidfd) AND the manager says the scope has ended (asked as soon as the kernel reports the cgroup
+empty; its PropertiesChanged signal is the fallback). The ladder (EOF with a "pipe" stdin, SIGTERM, then
+systemd's SIGKILL at the end of the grace) starts when the manager sends RequestStop (we are the scope's
+Controller), or when StopUnit cannot be sent.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+from ralph_systemd import instrument
 from ralph_systemd.bus import ENDED_STATES, SystemdBus, UnitExistsError, unit_path
 from ralph_systemd.cgroupfs import cgroup_dir_of, cgroup_populated, procs_in, proc_state
 from ralph_systemd.launch import Launch, LaunchError
@@ -215,6 +218,7 @@ class Dispatch:
 
     def on_job_removed(self, job: str, result: str) -> None:
         """The manager finished a job; ours is the scope's start job."""
+        instrument.mark("dispatch.job_removed", self.unit)
         if self.state is not State.STARTING or self._launch is None or job != self._job or self._exec_fd is not None:
             return
         if result == "canceled":  # someone stopped the unit before it started (StopUnit replaced the job)
@@ -233,6 +237,7 @@ class Dispatch:
         assert self._launch is not None and self._launch.child is not None and self.spec is not None
         self._disarm(Timer.RECHECK)
         self._disarm(Timer.START_JOB)
+        instrument.mark("dispatch.gate_open", self.unit)
         self._exec_fd = self._launch.open_gate()
         self._host.add_reader(self._exec_fd, self._on_exec_report)
         self.child = self._launch.child
@@ -267,6 +272,7 @@ class Dispatch:
         self._host.remove_reader(self._exec_fd)
         self._exec_fd = None
         why = self._launch.exec_failure()
+        instrument.mark("dispatch.exec_reported", self.unit)
         for notice in self._launch.child.notices if self._launch.child is not None else []:
             self.warnings.append(f"journal output unavailable ({notice}): the output goes to the log file "
                                  f"{self.log_path}")
@@ -436,6 +442,7 @@ class Dispatch:
         self.child.close_all()
         self.main_exited = True
         self._enter(State.EXITED)
+        instrument.mark("dispatch.main_exited", self.unit)
         self._zombie = info is not None
         self.main_exit_step = self.step
         if info is not None:
@@ -699,6 +706,7 @@ class Dispatch:
             result = dataclasses.replace(result, warnings=tuple(self.warnings))
         self.result = result
         self._enter(State.DONE)
+        instrument.mark("dispatch.end", self.unit)
         self.close()
         if self._holds_ref:
             self._holds_ref = False

@@ -15,7 +15,6 @@ import concurrent.futures
 import errno
 import logging
 import os
-import resource
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from ralph_systemd import instrument
 from ralph_systemd.bus import NO_LIMIT, BusEvent, PystemdUserBus, SystemdBus, monotonic_us, unit_path
 from ralph_systemd.dispatch import Dispatch, DispatchOwner
 from ralph_systemd.evloop import EventLoop
@@ -41,8 +41,6 @@ log = logging.getLogger("ralph_systemd")
 
 T = TypeVar("T")
 
-FDS_PER_DISPATCH = 2  # a running dispatch holds its pidfd and (stdin "pipe") the write end of its stdin
-FD_HEADROOM = 64  # a launch in flight (log, gate and error pipes), the bus, and the caller's own files
 CALL_CHECK_S = 1.0  # how often a caller waiting on the loop thread checks that the thread is still alive
 
 
@@ -196,7 +194,6 @@ class Engine:
     # -- launch and attach (loop thread) ------------------------------------------------------------------
 
     def _enqueue(self, dispatches: list[Dispatch]) -> None:
-        self._ensure_fd_headroom(len(dispatches))
         self.pending.extend(dispatches)
 
     def _start_next(self) -> None:
@@ -206,17 +203,6 @@ class Engine:
             return
         self.live[d.path] = d  # routed from before StartTransientUnit: no event about it is lost
         d.start_launch()
-
-    def _ensure_fd_headroom(self, more: int) -> None:
-        """Raise the soft RLIMIT_NOFILE to the hard limit when more dispatches might not fit (the default soft
-        limit of 1024 holds ~480 dispatches); epoll has no FD_SETSIZE limit."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        need = FDS_PER_DISPATCH * (len(self.live) + len(self.pending) + more) + FD_HEADROOM
-        if soft == resource.RLIM_INFINITY or need <= soft or soft == hard:
-            return
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.info("raised the soft limit on open files from %d to %s for %d dispatches", soft,
-                 "unlimited" if hard == resource.RLIM_INFINITY else hard, len(self.live) + more)
 
     def attach(self, unit: str, grace: float | None) -> Dispatch:
         """Follow a live scope launched by someone else: a Dispatch that holds a ref on it."""
@@ -288,6 +274,7 @@ class Engine:
     def _turn(self) -> None:
         """One turn: start a pending launch, handle queued bus signals and due timers, then sleep until an
         fd is ready, a call arrives, or the nearest deadline."""
+        instrument.mark("loop.turn", "")
         if self.pending:
             self._start_next()
         self._handle_bus()

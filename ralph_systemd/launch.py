@@ -21,6 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from ralph_systemd import instrument
 from ralph_systemd.bus import Property, SystemdBus
 from ralph_systemd.journal import journal_output
 from ralph_systemd.logs import open_session_log
@@ -83,6 +84,7 @@ class Launch:
         undoing everything) if any step fails; a BusError from StartTransientUnit propagates, also undone."""
         spec = self.spec
         try:
+            instrument.mark("launch.begin", spec.unit)
             cwd = os.fspath(spec.cwd)
             if not os.path.isdir(cwd):
                 raise LaunchError(f"working directory {cwd} does not exist (or is not a directory)")
@@ -95,6 +97,7 @@ class Launch:
                 raise LaunchError(str(e)) from None
             self._undo.callback(_unlink_quietly, log_path)
             self.log_path = str(log_path)
+            instrument.mark("launch.log_opened", spec.unit)
             try:
                 child = fork_gated(exe, tuple(spec.argv), cwd, spec.environment, log_fd,
                                    journal_output(spec.argv[0]) if spec.output == "journal" else None,
@@ -104,6 +107,7 @@ class Launch:
             finally:
                 os.close(log_fd)
             self.child = child
+            instrument.mark("launch.forked", spec.unit)
             self._undo.callback(child.abort)
             job = self._bus.start_transient_scope(
                 spec.unit, scope_properties(spec, child.pid, self._bus.unique_name, self.log_path,

@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 from ralph_systemd.bus import SystemdBus
 from ralph_systemd.dispatch import Dispatch
 from ralph_systemd.engine import Engine
+from ralph_systemd.limits import preflight
 from ralph_systemd.manager_features import ManagerFeatures
 from ralph_systemd.unit_info import UNIT_PATTERN, resolve_unit
 from ralph_systemd.result import DispatchResult, Status
@@ -115,6 +116,8 @@ class Supervisor:
         """Launch several at once, pipelined: the loop thread forks and asks for the next scope while the
         manager starts the earlier ones. Returns when every one runs or has failed, in the order given."""
         self._check_open()
+        preflight(len(specs), len(self._engine.live) + len(self._engine.pending),
+                  slices=tuple({s.slice for s in specs}))
         dispatches = [Dispatch(self._engine, self, ticket=s.ticket, session=s.session, unit=s.unit, spec=s)
                       for s in specs]
         # Handed over without waiting for an answer: the caller sleeps until the launches are done, and the

@@ -11,6 +11,7 @@ import heapq
 import itertools
 from typing import Protocol
 
+from ralph_systemd import instrument
 from ralph_systemd.states import Timer
 
 
@@ -44,6 +45,7 @@ class TimerQueue:
         self._live[(id(owner), timer)] = entry
         heapq.heappush(self._heap, entry)
         self.operations += 1
+        instrument.mark("loop.deadline", timer.value)
         if len(self._heap) > 64 and len(self._heap) > 2 * len(self._live):
             self._heap = [e for e in self._heap if e.owner is not None]
             heapq.heapify(self._heap)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ralph_systemd import bench_host
-from ralph_systemd.bench_stats import Mount
+from bench import host as bench_host
+from bench.stats import Mount
 
 
 class FakeHost:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ralph_systemd.bench_host import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, remount_args
-from ralph_systemd.bench_stats import (
+from bench.host import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, remount_args
+from bench.stats import (
     Mount,
     Summary,
     cgroup2_mount,

@@ -14,8 +14,8 @@ the previous per-mount flags and superblock options, minus or plus favordynmods.
 
 The test bed's user cannot remount anything, so a root process on the host serves the bench:
 
-    python -m ralph_systemd.bench_host serve --dir DIR --uid UID   (host, root; DIR is visible in the bed)
-    python -m ralph_systemd.bench --favordynmods both --toggle-dir DIR_AS_SEEN_IN_THE_BED
+    python -m bench.host serve --dir DIR --uid UID   (host, root; DIR is visible in the bed)
+    python -m bench --favordynmods both --toggle-dir DIR_AS_SEEN_IN_THE_BED
 
 The server makes two FIFOs in DIR owned by UID (0600), applies "on"/"off" requests, answers with the
 state read back from /proc/mounts, and restores the original state when the bench closes its end (or dies),
@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from ralph_systemd.bench_stats import CGROUP2_FS_OPTIONS, Mount, cgroup2_mount
+from bench.stats import CGROUP2_FS_OPTIONS, Mount, cgroup2_mount
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT = 32
@@ -111,7 +111,7 @@ def restored_on_exit() -> Iterator[bool]:
     try:
         yield original
     except _Interrupted as e:
-        print(f"bench_host: signal {e.args[0]}: restoring favordynmods={'on' if original else 'off'}",
+        print(f"bench.host: signal {e.args[0]}: restoring favordynmods={'on' if original else 'off'}",
               file=sys.stderr)
     finally:
         try:
@@ -158,7 +158,7 @@ class LocalToggle:
 
 
 class RemoteToggle:
-    """Asks a `bench_host serve` process (root, on the host) through its FIFOs. Closing, or dying, makes
+    """Asks a `bench.host serve` process (root, on the host) through its FIFOs. Closing, or dying, makes
     the server restore the original state."""
 
     def __init__(self, ctl_dir: str, timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
@@ -176,7 +176,7 @@ class RemoteToggle:
             except OSError as e:
                 if e.errno not in (errno.ENOENT, errno.ENXIO) or time.monotonic() >= deadline:
                     raise RuntimeError(f"no favordynmods server listening in {ctl_dir} ({e.strerror}): start "
-                                       "`python -m ralph_systemd.bench_host serve` on the host as root") from None
+                                       "`python -m bench.host serve` on the host as root") from None
                 time.sleep(0.05)
         self._buf = b""
 
@@ -231,14 +231,14 @@ def serve(ctl_dir: Path, uid: int, max_seconds: float) -> int:
     ack: int | None = None
     deadline = time.monotonic() + max_seconds
     with restored_on_exit() as original:
-        print(f"bench_host: serving favordynmods requests in {ctl_dir} (now {'on' if original else 'off'})",
+        print(f"bench.host: serving favordynmods requests in {ctl_dir} (now {'on' if original else 'off'})",
               file=sys.stderr)
         buf = b""
         connected = False
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                print("bench_host: --max-seconds reached", file=sys.stderr)
+                print("bench.host: --max-seconds reached", file=sys.stderr)
                 break
             r, _, _ = select.select([req], [], [], min(left, 1.0))
             if not r:
@@ -265,7 +265,7 @@ def serve(ctl_dir: Path, uid: int, max_seconds: float) -> int:
                         reply = f"error {e}"
                 else:
                     reply = f"error unknown request {cmd[:40]!r}"
-                print(f"bench_host: {cmd} -> {reply}", file=sys.stderr)
+                print(f"bench.host: {cmd} -> {reply}", file=sys.stderr)
                 try:
                     os.write(ack, (reply + "\n").encode())
                 except OSError as e:
@@ -277,13 +277,13 @@ def serve(ctl_dir: Path, uid: int, max_seconds: float) -> int:
     for name in ("req", "ack"):
         (ctl_dir / name).unlink(missing_ok=True)
     final = current_mount()
-    print(f"bench_host: restored; favordynmods is {'on' if final and 'favordynmods' in final.options else 'off'}",
+    print(f"bench.host: restored; favordynmods is {'on' if final and 'favordynmods' in final.options else 'off'}",
           file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ralph_systemd.bench_host", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.host", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("status", help="print the cgroup2 mount and whether favordynmods is on")
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m.target} {','.join(m.options)}: favordynmods {'on' if 'favordynmods' in m.options else 'off'}")
         return 0
     if os.geteuid() != 0:
-        print(f"bench_host {args.cmd}: needs root on the host (it remounts cgroup2)", file=sys.stderr)
+        print(f"bench.host {args.cmd}: needs root on the host (it remounts cgroup2)", file=sys.stderr)
         return 2
     if args.cmd == "set":
         m = set_favordynmods(args.state == "on")

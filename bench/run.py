@@ -1,7 +1,7 @@
 """Launch and completion latency of ralph-systemd, with the manager's own floor beside it, in one run.
 
     ./dev bench [--quick] [--json] [--baseline OLD_TREE] [--favordynmods keep|both|on|off]
-    (or: python -m ralph_systemd.bench ..., where a user manager is reachable)
+    (or: python -m bench ..., where a user manager is reachable)
 
 Contenders, interleaved round-robin (each iteration runs every contender once, in a rotating order, so
 machine noise hits all alike):
@@ -16,23 +16,21 @@ machine noise hits all alike):
 - `systemd-run --user --scope`, and a bare subprocess.Popen (no scope at all).
 
 Two regimes: back to back, and with 250 ms of idle before each call: the kernel's cgroup migration waits
-for an RCU grace period unless another migration happened moments before (see bench_host.py), so the
-floor is bimodal. With --favordynmods both (root on the host, or a `bench_host serve` process) the run is
+for an RCU grace period unless another migration happened moments before (see host.py), so the
+floor is bimodal. With --favordynmods both (root on the host, or a `bench.host serve` process) the run is
 repeated with the option on and off, and the previous state is restored on every exit path.
 
 Then: fan-out (N sessions launched; time until all run inside their scopes, per-launch and launch_many
 when the package has it), the waiting cost while they sleep (caller-thread and process CPU, RSS), and an
-instrumented breakdown of one launch (bench_probe.py). Figures are printed (or --json), never asserted.
+instrumented breakdown of one launch (bench/probe.py). Figures are printed (or --json), never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
-import select
 import subprocess
 import sys
 import tempfile
@@ -45,10 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import ralph_systemd
-from ralph_systemd import bench_host
-from ralph_systemd.bench_probe import fork_costs, inotify_costs, probe_all, profile_fanout
-from ralph_systemd.bench_ralph import RalphBench, Worker, mono_us, wait_fifo_opened
-from ralph_systemd.bench_stats import (
+from bench import host as bench_host
+from bench.probe import fork_costs, inotify_costs, probe_all, profile_fanout
+from bench.floor import Floor
+from bench.ralph import RalphBench, wait_fifo_opened
+from bench.worker import Worker
+from bench.stats import (
     Summary,
     TargetLine,
     cell,
@@ -61,104 +61,9 @@ from ralph_systemd.bench_stats import (
     summarize,
     waiting_targets,
 )
-from ralph_systemd import DispatchSpec
-from ralph_systemd.bus import BusEvent, Property, PystemdUserBus, unit_path
 
 IDLE_GAP_S = 0.25
 Measure = Callable[[], dict[str, float]]
-
-
-class Floor:
-    """The bare client: StartTransientUnit with PIDs only; the manager's timestamps say the rest.
-
-    The child is released the moment JobRemoved arrives, as ralph-systemd opens its gate, so the
-    notification floor sees the same history (the kernel sends cgroup.events at most every 10 ms).
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        self.bus = PystemdUserBus(all_units=True)  # its scopes are not named ralph-*
-        self._pending: list[BusEvent] = []
-        self.workdir = workdir
-
-    def ralph_properties(self, pid: int) -> list[Property]:
-        """The property set ralph-systemd sends (its own scope_properties, wherever it lives now), for a
-        floor that isolates what those properties cost the manager."""
-        for modname in ("ralph_systemd.launch", "ralph_systemd.scope"):
-            try:
-                fn = getattr(importlib.import_module(modname), "scope_properties")
-            except (ImportError, AttributeError):
-                continue
-            spec = DispatchSpec(argv=["true"], ticket="floor", cwd=self.workdir, timeout=3600)
-            props: list[Property] = fn(spec, pid, self.bus.unique_name, str(self.workdir / "floor.log"))
-            return props
-        raise RuntimeError("no scope_properties in ralph_systemd.launch or ralph_systemd.scope")
-
-    def _await(self, want: Callable[[BusEvent], bool], timeout: float = 10.0) -> BusEvent | None:
-        """The first event (queued or new) that `want`s; the others stay queued. None on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, ev in enumerate(self._pending):
-                if want(ev):
-                    del self._pending[: i + 1]
-                    return ev
-            self._pending.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            select.select([self.bus.fileno()], [], [], left)
-            self._pending = self.bus.drain()
-
-    def one(self, full: bool = False) -> dict[str, float]:
-        gate_r, gate_w = os.pipe()
-        exit_r, exit_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            try:
-                os.close(gate_w)
-                os.close(exit_r)
-                os.read(gate_r, 1)
-                os.write(exit_w, str(mono_us()).encode())
-            finally:
-                os._exit(0)
-        os.close(gate_r)
-        os.close(exit_w)
-        name = f"bench-floor-{uuid.uuid4().hex[:12]}.scope"
-        t0_us = 0
-        path = unit_path(name)
-        self._pending = self.bus.drain()
-        out: dict[str, float] = {}
-        active_us = inactive_us = 0
-        try:
-            t0_us, t0 = mono_us(), time.perf_counter()
-            props = self.ralph_properties(pid) if full else [("PIDs", "au", [pid])]
-            self.bus.start_transient_scope(name, props)
-            out["reply"] = (time.perf_counter() - t0) * 1e3
-            seen = self._await(lambda e: e.kind == "job-removed" and e.unit == name)
-            out["client"] = (time.perf_counter() - t0) * 1e3 if seen else float("nan")
-        finally:
-            os.write(gate_w, b"1")
-            os.close(gate_w)
-            exit_us = int(os.read(exit_r, 64) or b"0")
-            os.close(exit_r)
-            os.waitpid(pid, 0)
-
-        def stamps(e: BusEvent) -> bool:
-            nonlocal active_us, inactive_us
-            if e.kind == "unit-removed" and e.unit == name:
-                return True
-            if e.kind == "unit-changed" and e.path == path and e.changes:
-                active_us = int(e.changes.get("ActiveEnterTimestampMonotonic") or active_us)
-                inactive_us = int(e.changes.get("InactiveEnterTimestampMonotonic") or inactive_us)
-            return bool(inactive_us)
-        self._await(stamps)
-        if full:  # AddRef=true was among them: release the unit
-            self.bus.unref_unit(name)
-        out["launch"] = (active_us - t0_us) / 1e3 if active_us else float("nan")
-        out["notify"] = (inactive_us - exit_us) / 1e3 if inactive_us and exit_us else float("nan")
-        return out
-
-    def close(self) -> None:
-        self.bus.close()
 
 
 class Plain:
@@ -425,8 +330,27 @@ def _x(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}x"
 
 
+def _scale_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from bench.scale import render_scale, run_scale, to_json
+
+    try:
+        ns = [int(x) for x in args.scale.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--scale {args.scale!r}: give numbers separated by commas, e.g. 1,64,256,1024,4096")
+    if not ns or min(ns) <= 0 or args.scale_extra <= 0:
+        ap.error("--scale needs numbers > 0 (e.g. 1,64,256,1024,4096) and --scale-extra a number > 0")
+    with tempfile.TemporaryDirectory(prefix="ralph-scale-") as tmp:
+        try:
+            res = run_scale(ralph_systemd, Path(tmp), ns, args.scale_extra)
+        except (RuntimeError, OSError) as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 1
+    print(json.dumps(to_json(res), indent=1, default=str) if args.json else render_scale(res))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ralph_systemd.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a ~20 s run (fewer iterations, 64-session fan-out)")
     ap.add_argument("--iterations", type=int, help="back-to-back iterations per phase (default 60; quick 10)")
@@ -440,11 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--favordynmods", choices=("keep", "both", "on", "off"), default="keep",
                     help="keep (default: report the host's setting), or run with it off and on / on / off and "
                          "restore it afterwards (host-wide: needs root on the host or --toggle-dir)")
-    ap.add_argument("--toggle-dir", help="FIFO directory of a `python -m ralph_systemd.bench_host serve` (host)")
+    ap.add_argument("--toggle-dir", help="FIFO directory of a `python -m bench.host serve` (host)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--profile-fanout", type=int, metavar="N", help="only profile (cProfile, every thread) a "
                     "fan-out of N sessions with this tree's Supervisor, print where its CPU goes, and stop")
+    ap.add_argument("--scale", metavar="N,N,...", help="only the scale curve (bench/scale.py): for each N live "
+                    "dispatches, launch, CPU, RSS, one more dispatch, stop_all, beside the manager's floor")
+    ap.add_argument("--scale-extra", type=int, default=5, metavar="K",
+                    help="with --scale: dispatches launched one at a time while N are live (default 5)")
     args = ap.parse_args(argv)
+    if args.scale is not None:
+        return _scale_main(ap, args)
     q = args.quick
     for name, normal, quick in (("iterations", 60, 10), ("idle_iterations", 15, 3), ("fanout", 256, 64),
                                 ("sleep", 10.0, 3.0), ("probe_runs", 30, 6)):
@@ -462,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--toggle-dir is only for --favordynmods both|on|off")
     if args.favordynmods != "keep" and not args.toggle_dir and not _can_remount_here():
         ap.error("--favordynmods both|on|off needs root in the host's cgroup namespace (the option is "
-                 "host-wide), or --toggle-dir of a `python -m ralph_systemd.bench_host serve` run as root on "
+                 "host-wide), or --toggle-dir of a `python -m bench.host serve` run as root on "
                  "the host")
     if args.baseline and not (Path(args.baseline) / "ralph_systemd" / "__init__.py").is_file():
         ap.error(f"--baseline {args.baseline}: no ralph_systemd/__init__.py in it; give the directory that "

@@ -1,23 +1,15 @@
 """What the benchmark measures on a ralph-systemd Supervisor, written against the PUBLIC API only, so the
-same code times today's package and an older copy side by side in one run.
+same code times today's package and an older copy side by side in one run (the older one in a worker
+process: bench/worker.py).
 
-In-process, `bench.py` imports this module. For the baseline it runs as a worker script in a subprocess:
-
-    python -P .../ralph_systemd/bench_ralph.py --package-root OLD_TREE --workdir DIR
-
-(-P: the script's own directory must not shadow the stdlib). The worker imports `ralph_systemd` from
-OLD_TREE and answers one JSON request per line on stdin with one JSON line on stdout.
-
-Nothing here imports ralph_systemd at module level: the package is passed in.
+Nothing here imports ralph_systemd or another bench module at module level: the package is passed in.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import select
-import sys
 import threading
 import time
 import types
@@ -44,7 +36,7 @@ def wait_fifo_opened(fd: int, timeout: float = 10.0) -> float:
     return t
 
 
-def _helpers_cpu() -> dict[str, float]:
+def helpers_cpu() -> dict[str, float]:
     """CPU seconds used so far by this user's systemd manager and bus daemon (the other two processes every
     launch goes through), from /proc; empty when they cannot be read."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -161,9 +153,9 @@ class RalphBench:
     def fanout(self, n: int, sleep_s: float, use_many: bool) -> dict[str, Any]:
         """Launch n sessions of `sleep sleep_s`; time until all run inside their scopes (/proc/PID/cgroup);
         then the caller-thread and process CPU while they sleep, and RSS; then wait for all."""
-        from ralph_systemd.bench_stats import in_unit  # noqa: PLC0415 - the NEW tree's pure helper, by path
+        from bench.stats import in_unit  # the bench's own pure helper, whatever package is measured
         specs = [self._spec(["sleep", str(sleep_s)], ticket=f"fan-{i}-{uuid.uuid4().hex[:6]}") for i in range(n)]
-        helpers0, own0 = _helpers_cpu(), time.process_time()
+        helpers0, own0 = helpers_cpu(), time.process_time()
         t0 = time.perf_counter()
         if use_many:
             ds = list(self.sup.launch_many(specs))
@@ -189,7 +181,7 @@ class RalphBench:
                     raise RuntimeError(f"{len(pending)} sessions not in their scopes after 60 s")
                 time.sleep(0.001)
         t_all = time.perf_counter()
-        own1, helpers1 = time.process_time(), _helpers_cpu()
+        own1, helpers1 = time.process_time(), helpers_cpu()
         fan_cpu = {"supervisor": own1 - own0, **{k: helpers1[k] - helpers0.get(k, 0.0) for k in helpers1}}
         # waiting cost: while every session sleeps, the caller blocks in wait_all with a timeout
         window = max(0.5, sleep_s - (t_all - t0) - 1.0)
@@ -211,102 +203,3 @@ class RalphBench:
 
     def close(self) -> None:
         self.sup.close()
-
-
-def _load_beside(name: str) -> None:
-    """Import this file's sibling `name`.py as ralph_systemd.<name> (an older package may lack it)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"ralph_systemd.{name}", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-
-
-def _worker(argv: list[str]) -> int:
-    import argparse
-    import importlib
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--package-root", required=True)
-    ap.add_argument("--workdir", required=True, type=Path)
-    args = ap.parse_args(argv)
-    sys.path.insert(0, args.package_root)
-    pkg = importlib.import_module("ralph_systemd")
-    # the bench's own helpers come from the NEW tree (this file's directory), the package from the old one
-    for name in ("bench_stats", "bench_ralph", "bench_probe"):
-        _load_beside(name)
-    b = RalphBench(pkg, args.workdir)
-    print(json.dumps({"ready": True, "package": pkg.__file__, "launch_many": hasattr(b.sup, "launch_many")}),
-          flush=True)
-    try:
-        for line in sys.stdin:
-            req = json.loads(line)
-            try:
-                if req["op"] == "one":
-                    out: dict[str, Any] = b.one(req.get("lifetime", 0.0))
-                elif req["op"] == "fanout":
-                    out = b.fanout(req["n"], req["sleep"], req.get("many", False))
-                elif req["op"] == "probe":
-                    from ralph_systemd.bench_probe import probe_all
-                    out = probe_all(b, req["runs"])
-                else:
-                    out = {"error": f"unknown op {req['op']!r}"}
-            except Exception as e:  # report, keep serving
-                out = {"error": f"{type(e).__name__}: {e}"}
-            print(json.dumps(out), flush=True)
-    finally:
-        b.close()
-    return 0
-
-
-class Worker:
-    """The bench's handle on a worker subprocess running an older copy of the package."""
-
-    def __init__(self, package_root: str, workdir: Path) -> None:
-        import subprocess
-
-        script = Path(__file__).resolve()
-        self.proc = subprocess.Popen([sys.executable, "-P", str(script), "--package-root", package_root,
-                                      "--workdir", str(workdir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
-        hello = self._read()
-        if not hello.get("ready"):
-            raise RuntimeError(f"baseline worker did not start: {hello}")
-        self.package = hello["package"]
-        self.has_launch_many = bool(hello["launch_many"])
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"baseline worker exited ({self.proc.wait()})")
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    def call(self, **req: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        out = self._read()
-        if "error" in out:
-            raise RuntimeError(f"baseline worker: {out['error']}")
-        return out
-
-    def one(self, lifetime: float = 0.0) -> dict[str, float]:
-        return self.call(op="one", lifetime=lifetime)
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker(sys.argv[1:]))
