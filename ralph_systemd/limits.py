@@ -70,9 +70,14 @@ def preflight(more: int, live: int = 0, *, slices: tuple[str, ...] = ("ralph.sli
                              + "; ".join(s.render() for s in short) + ". Nothing was launched.")
 
 
+#: The soft RLIMIT_NOFILE this process started with: sessions get it back before they exec (spawn.py), as
+#: systemd gives services a soft 1024 whatever it raised for itself (select() breaks on fds >= 1024).
+SESSION_NOFILE_SOFT = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def _nofile(total: int) -> Shortfall | None:
     """Raise the soft limit to the hard one when the starting fds might not fit; short if even the running
-    ones cannot. (Sessions inherit the raised soft limit.)"""
+    ones cannot. (Sessions get SESSION_NOFILE_SOFT back.)"""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     inf = resource.RLIM_INFINITY
     want = FDS_STARTING * total + FD_HEADROOM

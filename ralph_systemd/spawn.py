@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import signal
 import stat
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ralph_systemd.limits import SESSION_NOFILE_SOFT
 from ralph_systemd.spec import STDIN_NULL, STDIN_PIPE, StdinPolicy
 
 if TYPE_CHECKING:
@@ -168,7 +170,7 @@ def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, 
             os.close(fd)
         raise
     if pid == 0:  # child: only async-signal-safe-ish os calls from here on, and never return
-        _child(executable, argv, cwd, env_b, stdin_r, log_fd, gate_r, err_w, journal)
+        _child(executable, argv, cwd, env_b, stdin_r, log_fd, gate_r, err_w, journal, SESSION_NOFILE_SOFT)
     os.close(stdin_r)
     os.close(gate_r)
     os.close(err_w)
@@ -184,7 +186,8 @@ def fork_gated(executable: str, argv: tuple[str, ...], cwd: str, env: dict[str, 
 
 
 def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
-           stdin_r: int, log_fd: int, gate_r: int, err_w: int, journal: JournalOutput | None) -> None:
+           stdin_r: int, log_fd: int, gate_r: int, err_w: int, journal: JournalOutput | None,
+           nofile_soft: int) -> None:
     stage = "setup"
     try:
         os.setsid()  # its own session: a Ctrl-C to our terminal reaches us, and we run the ladder
@@ -198,6 +201,9 @@ def _child(executable: str, argv: tuple[str, ...], cwd: str, env_b: list[bytes],
                 os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, _MAXFD)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != nofile_soft:  # ours was raised for many dispatches: the session gets the one we started with
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile_soft, hard))
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; a program expects defaults
             signal.signal(sig, signal.SIG_DFL)
         for sig in _CAUGHT:  # a SIGTERM between the gate and exec must kill, not run our parent's handler

@@ -68,3 +68,13 @@ def test_no_stdin_fd_leaks_into_the_parent(tmp_path: Path, policy: StdinPolicy) 
     before = set(os.listdir("/proc/self/fd"))
     _run(tmp_path, policy, "true")
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_session_gets_the_soft_open_files_limit_we_started_with(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+    from ralph_systemd import spawn
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    monkeypatch.setattr(spawn, "SESSION_NOFILE_SOFT", 256)  # "we started with 256, then raised it to `soft`"
+    out, _ = _run(tmp_path, "null", "ulimit -Sn; ulimit -Hn")
+    assert out.split() == ["256", str(hard)] and resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
