@@ -4,6 +4,8 @@
 
 The agent is examples/fake-agent (no network, no model). One ticket finishes, one fails with exit 3, one
 hangs past its wall-clock timeout, one goes quiet past its idle timeout and leaves a setsid daemon behind.
+A fifth is worked by the REAL pi (installed by `./dev setup`, see tests/agents) against a scripted model server
+on loopback that the demo starts and stops: a real tool call writes and commits a file in the ticket's worktree.
 Events are printed as they happen; at the end, one row per ticket. Colour only on a terminal (NO_COLOR=1
 turns it off); piped, it is plain text.
 """
@@ -11,15 +13,19 @@ turns it off); piped, it is plain text.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ralph_systemd import journal
 from ralph_systemd.text import escape
@@ -44,6 +50,7 @@ class Ticket:
     timeout: float = 60.0
     idle_timeout: float | None = None
     expect: Status = Status.COMPLETED
+    real_pi: bool = False
 
 
 TICKETS = [
@@ -53,7 +60,53 @@ TICKETS = [
            expect=Status.TIMEOUT),
     Ticket("idles", "starts a daemon, then goes quiet; 3 s idle timeout", "--fake-work=1 --fake-daemon --fake-idle",
            idle_timeout=3.0, expect=Status.IDLE_TIMEOUT),
+    Ticket("realpi", "the REAL pi: a scripted model has it write + commit a file", "", expect=Status.COMPLETED,
+           real_pi=True),
 ]
+REAL_PI_FILE = "pi-was-here.txt"
+
+
+class RealPi:
+    """The real pi of tests/agents (a checkout's), a scripted model server for it and a throw-away git project."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        agents_dir = Path(__file__).resolve().parents[1] / "tests" / "agents"
+        if not agents_dir.is_dir():
+            raise LookupError("the real pi needs a checkout (tests/agents)")
+        sys.path.insert(0, str(agents_dir))
+        self.agents: Any = importlib.import_module("agents")
+        try:
+            self.agents.agents_dir()
+            self.agents.node_dir()
+        except self.agents.AgentsMissing as e:
+            raise LookupError(str(e)) from None
+        server_mod: Any = importlib.import_module("openai_server")
+        self.server = stack.enter_context(server_mod.OpenAIServer(command=self.agents.commit_command(REAL_PI_FILE)))
+        self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ralph-demo-")))
+
+    def spec_for(self, ticket: str, t: Ticket, log_dir: str) -> DispatchSpec:
+        root = self.tmp / "project"
+        git = ["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost"]
+        root.mkdir()
+        subprocess.run([*git, "init", "-q", "-b", "main", str(root)], check=True)
+        subprocess.run([*git, "-C", str(root), "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+        self.worktree = self.tmp / f"wt-{ticket}"
+        subprocess.run([*git, "-C", str(root), "worktree", "add", "-q", "-b", f"ralph/{ticket}", str(self.worktree)],
+                       check=True)
+        env = self.agents.pi_env(self.tmp / "home", self.server.base_url)
+        return DispatchSpec(argv=self.agents.pi_argv(f"/tf {ticket} --auto"), ticket=ticket, cwd=self.worktree,
+                            env=env, timeout=t.timeout, grace=GRACE_S, log_dir=log_dir)
+
+    def show_work(self, out: "Out", ticket: str) -> bool:
+        """The commit the real pi made in the ticket's worktree (git's words, escaped); True if it is there."""
+        r = subprocess.run(["git", "-C", str(self.worktree), "log", "-1", "--stat", "--format=%h %s"],
+                           capture_output=True, text=True)
+        out.line()
+        out.line(out.c("bold", f"  The real pi's work: git -C <worktree of {ticket}> log -1 --stat   "
+                               f"({len(self.server.requests)} requests to the scripted model)"))
+        for text in (r.stdout or r.stderr).rstrip().splitlines():
+            out.line(out.c("dim", "  | ") + journal.escape_text(text))
+        return r.returncode == 0 and REAL_PI_FILE in r.stdout
 
 
 class Out:
@@ -159,9 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     agent = find_agent()
     run = uuid.uuid4().hex[:4]  # ticket ids unique to this run, so two demos never collide
 
-    out.line(out.c("bold", "ralph-systemd demo: a Ralph-like loop runs 4 tickets in parallel, one transient scope each"))
+    stack = ExitStack()
+    try:
+        real: RealPi | None = RealPi(stack)
+        real_note = ""
+    except LookupError as e:
+        real, real_note = None, str(e)
+    tickets = [t for t in TICKETS if real is not None or not t.real_pi]
+    out.line(out.c("bold", f"ralph-systemd demo: a Ralph-like loop runs {len(tickets)} tickets in parallel, one "
+                           "transient scope each"))
     out.line(out.c("dim", f"  agent: {agent}   (invoked like pi:  fake-agent -p \"/tf <ticket> <flags> --auto\")"))
-    for t in TICKETS:
+    if real is not None:
+        out.line(out.c("dim", f"  and the real pi {real.agents.PI_VERSION} (pi -p \"/tf <ticket> --auto\") against "
+                              f"a scripted model at {real.server.base_url}"))
+    else:
+        out.line(out.c("dim", f"  (no ticket for the real pi: {real_note})"))
+    for t in tickets:
         out.line(f"  {t.name}_{run:<6} {out.c('dim', t.story)}")
     out.line(out.c("dim", f"  stop ladder: EOF on stdin -> SIGTERM after {EOF_GRACE_S:g} s -> systemd SIGKILLs the "
                           f"whole cgroup after {GRACE_S:g} s; each step is a line in the scope's journal"))
@@ -178,14 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     hang: Dispatch | None = None
     state = journal.journal_state()  # says once why, when there is no journal to show
     try:
-        with Supervisor() as sup:
+        with stack, Supervisor() as sup:
             sup.handle_signals(action="stop")  # Ctrl-C stops every session with the ladder, then the table
             pending: dict[Dispatch, Ticket] = {}
-            for t in TICKETS:
+            for t in tickets:
                 ticket = f"{t.name}_{run}"
-                spec = DispatchSpec(argv=[agent, "-p", f"/tf {ticket} {t.flags} --auto"], ticket=ticket,
-                                    timeout=t.timeout, idle_timeout=t.idle_timeout, grace=GRACE_S,
-                                    stdin="pipe", eof_grace=EOF_GRACE_S, log_dir=args.log_dir)
+                if t.real_pi:  # stdin null (the default): pi -p reads piped stdin to EOF before it starts
+                    assert real is not None
+                    spec = real.spec_for(ticket, t, args.log_dir)
+                else:
+                    spec = DispatchSpec(argv=[agent, "-p", f"/tf {ticket} {t.flags} --auto"], ticket=ticket,
+                                        timeout=t.timeout, idle_timeout=t.idle_timeout, grace=GRACE_S,
+                                        stdin="pipe", eof_grace=EOF_GRACE_S, log_dir=args.log_dir)
                 d = sup.launch(spec)
                 names[d.unit] = ticket
                 if d.result is not None:
@@ -210,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     status_shown = True
                     if hang.result is None:
                         show_status(out, hang, names[hang.unit])
+            work_ok = real is None or real.show_work(out, f"realpi_{run}")
     finally:
         logger.removeHandler(handler)
     if hang is not None:
@@ -218,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out.line(out.c("dim", f"  journal off: {state.reason}"))
     out.line()
-    table(out, [(k, rows[k]) for k in (f"{t.name}_{run}" for t in TICKETS) if k in rows])
-    expected = {f"{t.name}_{run}": t.expect for t in TICKETS}
-    ok = all(rows.get(k) is not None and rows[k].status is v for k, v in expected.items())
+    table(out, [(k, rows[k]) for k in (f"{t.name}_{run}" for t in tickets) if k in rows])
+    expected = {f"{t.name}_{run}": t.expect for t in tickets}
+    ok = work_ok and all(rows.get(k) is not None and rows[k].status is v for k, v in expected.items())
     out.line()
     out.line(out.c("dim", "  Each session ran in its own scope; nothing it started outlived it (leftovers killed)."))
     out.line(out.c("dim", "  The logs stay where the log column says. For tf's Ralph loop: ralph_systemd.tf is a drop-in "
