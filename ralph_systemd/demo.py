@@ -105,7 +105,7 @@ class RealPi:
         out.line(out.c("bold", f"  The real pi's work: git -C <worktree of {ticket}> log -1 --stat   "
                                f"({len(self.server.requests)} requests to the scripted model)"))
         for text in (r.stdout or r.stderr).rstrip().splitlines():
-            out.line(out.c("dim", "  | ") + journal.escape_text(text))
+            out.line(out.c("dim", "  | ") + escape(text))
         return r.returncode == 0 and REAL_PI_FILE in r.stdout
 
 

@@ -2,7 +2,7 @@
 
 A TICKET names a dispatch in the project of the current directory (or --project DIR); when it has no live
 dispatch there, the one live dispatch of that ticket in any project; a unit name always works. Everything
-that came from a session or a unit is printed escaped (cli_format.safe).
+that came from a session or a unit is printed escaped (text.escape).
 """
 
 from __future__ import annotations

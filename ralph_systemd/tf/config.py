@@ -126,9 +126,9 @@ def load_project_config(project_root: Path) -> BackendConfig:
 
 
 def _eof_grace_s(cfg: BackendConfig) -> float:
-    """The EOF step's grace: only a "pipe" stdin has one (with another, eofGraceMs is refused by the spec)."""
+    """The EOF step's grace: only a "pipe" stdin has one (parse_config refuses eofGraceMs with another)."""
     if cfg.stdin != STDIN_PIPE:
-        return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms else 0.0
+        return 0.0
     grace = cfg.grace_ms / 1000
     return cfg.eof_grace_ms / 1000 if cfg.eof_grace_ms is not None else default_eof_grace(grace)
 
